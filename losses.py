@@ -1,0 +1,114 @@
+"""Loss functions: pure functions of tensors with explicit hyperparameters (no module state, no flags).
+
+Contrastive losses take the similarities of each anchor with its positive, ``pos`` [B], and with its negatives,
+``neg`` [B, N] (N may be 0), so one representation serves queues, in-batch negatives and gathered candidates.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _fp32(x: Tensor) -> Tensor:
+    """At least float32: half-precision logits overflow in exp and lose the small differences that matter."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def split_positive(similarity: Tensor, positive_index: Tensor) -> Tuple[Tensor, Tensor]:
+    """Split [B, N] similarities into the positive column of each row, [B], and the other columns, [B, N-1]."""
+    rows = torch.arange(similarity.shape[0], device=similarity.device)
+    pos = similarity[rows, positive_index]
+    keep = torch.ones_like(similarity, dtype=torch.bool)
+    keep[rows, positive_index] = False
+    return pos, similarity[keep].view(similarity.shape[0], similarity.shape[1] - 1)
+
+
+def info_nce_loss(pos: Tensor, neg: Tensor, temperature: float, neg_log_factor: float = 0.0) -> Tensor:
+    """InfoNCE (Oord et al. 2018, arXiv:1807.03748; MoCo arXiv:1911.05722): CE([pos, neg]/T, label 0), mean over B.
+
+    ``neg_log_factor`` adds log(f) to every negative logit, i.e. scales the negative sum by f inside the softmax
+    (EqCo). Computed by logsumexp, so large logits / small temperatures cannot overflow.
+    """
+    logits = _fp32(torch.cat([pos[:, None], neg], dim=1)) / temperature
+    logits[:, 1:] += neg_log_factor
+    return (torch.logsumexp(logits, dim=1) - logits[:, 0]).mean()
+
+
+def eqco_loss(pos: Tensor, neg: Tensor, temperature: float, alpha: float) -> Tensor:
+    """EqCo (Zhu et al. 2020, arXiv:2010.01929): InfoNCE with the negative sum scaled by alpha / N, so the loss and
+    its gradient behave as with ``alpha`` negatives whatever the real count N = neg.shape[1]. alpha = N is InfoNCE."""
+    return info_nce_loss(pos, neg, temperature, math.log(alpha / neg.shape[1]))
+
+
+def binary_contrastive_loss(pos: Tensor, neg: Tensor, temperature: float) -> Tensor:
+    """Binary cross-entropy on every logit l/T (positive -> 1, negatives -> 0), summed over columns, mean over B."""
+    pos, neg = _fp32(pos) / temperature, _fp32(neg) / temperature
+    return (F.softplus(-pos) + F.softplus(neg).sum(dim=1)).mean()
+
+
+def inner_product_loss(pos: Tensor, neg: Tensor) -> Tensor:
+    """Sum over columns of (1 - s) for the positive and (1 + s) for negatives, mean over B.
+
+    Without negatives and on unit vectors this is 1 - cos(p, z); twice it is BYOL's ||p - z||^2 = 2 - 2cos
+    (Grill et al. 2020, arXiv:2006.07733).
+    """
+    return ((1 - _fp32(pos)) + (1 + _fp32(neg)).sum(dim=1)).mean()
+
+
+def vicreg_loss(z_a: Tensor, z_b: Tensor, invariance_weight: float, variance_weight: float,
+                covariance_weight: float, eps: float) -> Dict[str, Tensor]:
+    """VICReg (Bardes et al. 2021, arXiv:2105.04906) on raw embeddings z_a, z_b [N, D].
+
+    invariance = MSE(z_a, z_b); variance = sum over both branches of mean_j relu(1 - sqrt(Var(z_j) + eps))
+    (unbiased variance); covariance = sum over both branches of sum_{i != j} C_ij^2 / D. Returns the weighted terms
+    ``loss_invariance``, ``loss_variance``, ``loss_covariance`` and their sum ``loss``.
+    """
+    z_a, z_b = _fp32(z_a), _fp32(z_b)
+    invariance = F.mse_loss(z_a, z_b)
+    variance = variance_hinge(z_a, eps) + variance_hinge(z_b, eps)
+    covariance = off_diagonal_covariance(z_a) + off_diagonal_covariance(z_b)
+    terms = {
+        "loss_invariance": invariance_weight * invariance,
+        "loss_variance": variance_weight * variance,
+        "loss_covariance": covariance_weight * covariance,
+    }
+    return {"loss": sum(terms.values()), **terms}  # type: ignore[dict-item]
+
+
+def variance_hinge(z: Tensor, eps: float) -> Tensor:
+    """mean_j relu(1 - sqrt(Var(z[:, j]) + eps)) for z [N, D], unbiased variance."""
+    return F.relu(1 - torch.sqrt(z.var(dim=0) + eps)).mean()
+
+
+def off_diagonal_covariance(z: Tensor) -> Tensor:
+    """sum_{i != j} C_ij^2 / D with C the unbiased covariance matrix of z [N, D]."""
+    n, d = z.shape
+    centered = z - z.mean(dim=0)
+    cov = centered.T @ centered / (n - 1)  # [D, D]
+    return (cov.pow(2).sum() - cov.diagonal().pow(2).sum()) / d
+
+
+@torch.no_grad()
+def contrastive_accuracy(pos: Tensor, neg: Tensor) -> Tuple[Tensor, Tensor]:
+    """Top-1 and top-5 accuracy (percent) of picking the positive among [pos, neg]; ties count against it."""
+    rank = (neg >= pos[:, None]).sum(dim=1)
+    return (rank < 1).float().mean() * 100, (rank < 5).float().mean() * 100
+
+
+@torch.no_grad()
+def positive_negative_cosine(query: Tensor, key: Tensor) -> Tuple[Tensor, Tensor]:
+    """Mean cosine of each query [B, D] with its own key [B, D], and with the keys of the other B-1 samples.
+
+    Both near 1 is the signature of collapse (all embeddings equal). O(B*D): the off-diagonal sum is
+    (sum of queries) . (sum of keys) minus the diagonal.
+    """
+    q, k = F.normalize(_fp32(query), dim=1), F.normalize(_fp32(key), dim=1)
+    b = q.shape[0]
+    diagonal = (q * k).sum(dim=1)
+    off_diagonal = (q.sum(dim=0) @ k.sum(dim=0) - diagonal.sum()) / max(b * (b - 1), 1)
+    return diagonal.mean(), off_diagonal

@@ -1,0 +1,222 @@
+"""SelfSupervisedMethod: one LightningModule for MoCo, SimCLR, BYOL, VICReg, EqCo and relatives, driven by ModelParams.
+
+Every flag is resolved once in ``__init__`` into components (encoder, projection and prediction MLPs that are
+Identity with 0 layers, a target network that is an EMA copy or the online network, an optional key queue, a
+criterion); ``training_step`` is the method's pseudocode:
+
+    z = projection(encoder(views))                 # online projections of the views the online network sees
+    q = normalize(prediction(z))                   # queries
+    k = normalize(target(views, z))                # keys: EMA network, or the online projections themselves
+    loss = criterion(q, k, queue)                  # summed/averaged over (query view, key view) pairs
+    after the optimizer step: queue <- k, target <- EMA(online, m)
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import attr
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+import components
+import data
+import distributed
+import evaluation
+import utils
+from criteria import build_criterion
+from lars import LARS
+from model_params import ModelParams, make_params
+
+Batch = Tuple[Sequence[Tensor], Tensor]
+
+
+def _place(ids: Sequence[int], tensors: Sequence[Tensor], num_views: int) -> List[Optional[Tensor]]:
+    """A per-view list holding ``tensors`` at positions ``ids`` and None elsewhere."""
+    out: List[Optional[Tensor]] = [None] * num_views
+    for i, t in zip(ids, tensors):
+        out[i] = t
+    return out
+
+
+class SelfSupervisedMethod(pl.LightningModule):
+    """Self-supervised pretraining of ``self.model`` (the encoder) as configured by :class:`ModelParams`.
+
+    Construct with ``SelfSupervisedMethod(params)``, ``SelfSupervisedMethod(params, lr=0.1)`` (overrides are applied
+    with validation, never dropped), ``SelfSupervisedMethod({"lr": 0.1})`` or ``SelfSupervisedMethod(lr=0.1)``.
+    Keyword-only extras that are not hyperparameters: ``backbone`` (an nn.Module used instead of encoder_arch),
+    ``view_transforms`` (callables PIL -> Tensor, one for all views or one per view) and ``train_dataset`` /
+    ``val_dataset`` (instead of dataset_name; train items are (views, label), validation items (image, label)).
+
+    Public attributes: ``model`` (encoder), ``projection_model``, ``prediction_model``, ``target``, ``queue`` (or
+    None), ``criterion``. ``model(x)`` / ``self(x)`` returns encoder embeddings [B, embedding_dim].
+    """
+
+    def __init__(self, params: Union[ModelParams, Mapping[str, Any], None] = None, *,
+                 backbone: Optional[nn.Module] = None,
+                 view_transforms: Union[Callable[..., Tensor], Sequence[Callable[..., Tensor]], None] = None,
+                 train_dataset: Optional[Dataset] = None, val_dataset: Optional[Dataset] = None,
+                 **overrides: Any) -> None:
+        super().__init__()
+        params = make_params(params, **overrides)
+        self.params = params
+        self.save_hyperparameters(attr.asdict(params))
+        self._view_transforms = view_transforms
+        self._train_dataset, self._val_dataset = train_dataset, val_dataset
+
+        self.model = backbone if backbone is not None else utils.get_encoder(params.encoder_arch, self.cifar_stem)
+        measured = utils.encoder_output_dim(self.model, data.crop_size(params))
+        if measured != params.embedding_dim:
+            source = "the backbone" if backbone is not None else f"encoder_arch {params.encoder_arch!r}"
+            raise ValueError(f"ModelParams.embedding_dim is {params.embedding_dim} but {source} outputs {measured} "
+                             f"features; set embedding_dim={measured}")
+        self.projection_model = utils.MLP(params.embedding_dim, params.dim, params.mlp_hidden_dim,
+                                          params.projection_mlp_layers, params.mlp_normalization,
+                                          params.use_mlp_weight_standardization)
+        self.prediction_model = utils.MLP(params.dim, params.dim, params.mlp_hidden_dim,
+                                          params.prediction_mlp_layers, params.resolved_prediction_mlp_normalization,
+                                          params.use_mlp_weight_standardization)
+        self.criterion = build_criterion(params)
+        self.query_views = self.criterion.query_views
+        if params.use_lagging_model:
+            self.target: nn.Module = components.MomentumTarget(self.model, self.projection_model,
+                                                               self.criterion.key_views, params.shuffle_batch_norm)
+            self.online_views = self.query_views
+        else:
+            self.target = components.OnlineTarget(self.criterion.key_views, params.use_target_stop_gradient)
+            self.online_views = sorted(set(self.query_views) | set(self.criterion.key_views))
+        self.queue = components.Queue(params.dim, params.K) if params.uses_queue else None
+        self.enqueued_view = self.criterion.pairs[0][1]  # the key view of the first pair feeds the queue (as MoCo)
+        self.gather_keys: Callable[[Tensor], Tensor] = (
+            distributed.gather if params.gather_keys_for_queue else components.identity)
+        self.normalize: components.Normalizer = (
+            components.unit_sphere if params.use_unit_sphere_projection else components.identity)
+        self.momentum_schedule = components.MomentumSchedule(params.m, 1.0 if params.use_momentum_schedule else params.m)
+
+        self._keys_to_enqueue: Optional[Tensor] = None
+        self._last_ema_step = -1
+        self._total_steps = 1  # optimizer steps of the whole run, known once the Trainer is attached
+        self._validation_outputs: List[Tuple[Tensor, Tensor]] = []
+
+    # --- model -----------------------------------------------------------------------------------------------------
+    @property
+    def cifar_stem(self) -> bool:
+        """Whether the encoder uses the 3x3/stride-1 stem: use_cifar_stem, or by default for images <= 64 px."""
+        stem = self.params.use_cifar_stem
+        return data.dataset_info(self.params).small_images if stem is None else stem
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Encoder embeddings [B, embedding_dim] of images [B, 3, H, W]."""
+        return self.model(x)
+
+    def project(self, x: Tensor) -> Tensor:
+        """Projection-head outputs [B, dim] of images [B, 3, H, W] (BatchNorm layers follow the module's mode)."""
+        return self.projection_model(self.model(x))
+
+    # --- training ----------------------------------------------------------------------------------------------------
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        views, _ = batch
+        projections = self._online_projections(views)
+        queries = self._queries(projections)
+        keys = [None if k is None else self.normalize(k) for k in self.target(views, projections)]
+        out = self.criterion(queries, keys, None if self.queue is None else self.queue.keys)
+        self._keys_to_enqueue = keys[self.enqueued_view]
+        batch_size = views[0].shape[0]
+        self.log("step_train_loss", out.loss.detach(), prog_bar=True, batch_size=batch_size)
+        self.log_dict(out.metrics, batch_size=batch_size)
+        self.log_dict({"m": self.current_momentum(), "T": self.params.T,
+                       "lr": self.trainer.optimizers[0].param_groups[0]["lr"]}, batch_size=batch_size)
+        return out.loss
+
+    def _online_projections(self, views: Sequence[Tensor]) -> List[Optional[Tensor]]:
+        embeddings = components.encode_views(self.model, [views[i] for i in self.online_views])
+        projections = self.projection_model(torch.cat(embeddings)).chunk(len(self.online_views))
+        return _place(self.online_views, projections, len(views))
+
+    def _queries(self, projections: Sequence[Optional[Tensor]]) -> List[Optional[Tensor]]:
+        z = torch.cat([projections[i] for i in self.query_views])  # type: ignore[misc]
+        predictions = self.normalize(self.prediction_model(z)).chunk(len(self.query_views))
+        return _place(self.query_views, predictions, len(projections))
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.queue is not None and self._keys_to_enqueue is not None:
+            self.queue.enqueue(self.gather_keys(self._keys_to_enqueue.detach()))
+        self._keys_to_enqueue = None
+        # Only after a real optimizer step (not on gradient-accumulation micro-batches).
+        if self.trainer.global_step != self._last_ema_step:
+            self._last_ema_step = self.trainer.global_step
+            self.target.update([self.model, self.projection_model], self.current_momentum())
+
+    def current_momentum(self) -> float:
+        return self.momentum_schedule(self.trainer.global_step, self._total_steps)
+
+    def on_train_start(self) -> None:
+        self._last_ema_step = self.trainer.global_step
+
+    def on_fit_start(self) -> None:
+        params = self.params
+        if self.trainer.max_epochs not in (None, -1, params.max_epochs):
+            warnings.warn(f"Trainer max_epochs={self.trainer.max_epochs} differs from ModelParams.max_epochs="
+                          f"{params.max_epochs}; the learning-rate and momentum schedules follow the Trainer")
+        global_batch = params.batch_size * self.trainer.world_size
+        if params.uses_queue and params.gather_keys_for_queue and params.K % global_batch != 0:
+            raise ValueError(f"ModelParams.K={params.K} must be a multiple of the global batch "
+                             f"{global_batch} (batch_size {params.batch_size} x {self.trainer.world_size} "
+                             "processes) with gather_keys_for_queue")
+
+    def configure_optimizers(self) -> Dict[str, Any]:
+        params = self.params
+        self._total_steps = int(self.trainer.estimated_stepping_batches)
+        groups = components.parameter_groups(self, params.weight_decay, params.exclude_matching_parameters_from_lars,
+                                             params.exclude_bias_and_norm_from_lars)
+        optimizer: torch.optim.Optimizer
+        if params.optimizer_name == "lars":
+            optimizer = LARS(groups, lr=params.lr, momentum=params.momentum, eta=params.lars_eta)
+            epochs = self.trainer.max_epochs if self.trainer.max_epochs not in (None, -1) else params.max_epochs
+            warmup_steps = round(params.lars_warmup_epochs * self._total_steps / epochs)
+        else:
+            optimizer = torch.optim.SGD(groups, lr=params.lr, momentum=params.momentum)
+            warmup_steps = 0
+        schedule = components.WarmupCosineSchedule(warmup_steps, self._total_steps,
+                                                   params.final_lr_schedule_value / params.lr)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # --- validation: a linear probe on frozen encoder embeddings ------------------------------------------------------
+    def validation_step(self, batch: Tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        self._validation_outputs.append((self.model(x).detach(), y))
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._validation_outputs:
+            return
+        embeddings, labels = evaluation.concat_outputs(self._validation_outputs)
+        self._validation_outputs.clear()
+        accuracies = evaluation.logistic_regression_probe(embeddings, labels, self.params.data_seed)
+        if accuracies is not None:
+            self.log_dict({"train_class_acc": accuracies[0], "valid_class_acc": accuracies[1]})
+
+    # --- data ----------------------------------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        if self._train_dataset is None:
+            data.pretrain_datasets(self.params, self._view_transforms)  # downloads once, on one process per node
+
+    def setup(self, stage: str) -> None:
+        if self._train_dataset is None:
+            self._train_dataset, self._val_dataset = data.pretrain_datasets(self.params, self._view_transforms)
+
+    def train_dataloader(self) -> DataLoader:
+        assert self._train_dataset is not None
+        p = self.params
+        return data.make_loader(self._train_dataset, batch_size=p.batch_size, shuffle=True, drop_last=p.drop_last_batch,
+                                num_workers=p.num_data_workers, pin_memory=p.pin_data_memory, seed=p.data_seed)
+
+    def val_dataloader(self) -> DataLoader:
+        if self._val_dataset is None:
+            return []  # type: ignore[return-value]
+        p = self.params
+        return data.make_loader(self._val_dataset, batch_size=p.batch_size, shuffle=False, drop_last=False,
+                                num_workers=p.num_data_workers, pin_memory=p.pin_data_memory, seed=p.data_seed)

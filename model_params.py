@@ -1,0 +1,316 @@
+"""Configuration of every self-supervised method: one flat, validated attrs class plus named presets.
+
+A preset is a function returning a validated :class:`ModelParams` with a few fields set, accepting overrides:
+``BYOLParams(batch_size=128)``. Ablations use ``attr.evolve(params, field=value)``, which validates again.
+Validation runs at construction, before any data or model is touched: impossible settings raise ``ValueError``
+naming the field, suspicious but legal ones warn.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import math
+import warnings
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+import attr
+
+LOSS_TYPES = ("ce", "bce", "ip", "vic")
+CONTRASTIVE_LOSS_TYPES = ("ce", "bce", "ip")  # the losses that read negatives
+OPTIMIZERS = ("sgd", "lars")
+MLP_NORMALIZATIONS = (None, "bn", "br", "ln", "gn")
+PREDICTION_MLP_NORMALIZATIONS = ("same",) + MLP_NORMALIZATIONS
+DATASETS = ("stl10", "cifar10", "imagenet", "imagefolder", "synthetic")
+TRANSFORM_TYPES = ("simclr", "byol")
+VIEW_PAIR_REDUCTIONS = ("sum", "mean")
+WS_RESNETS = ("ws_resnet18", "ws_resnet34", "ws_resnet50", "ws_resnet101", "ws_resnet152")
+
+
+@functools.lru_cache(maxsize=1)
+def encoder_archs() -> Tuple[str, ...]:
+    """Names accepted by ``encoder_arch``: torchvision classification models and weight-standardized ResNets."""
+    import torchvision
+
+    return tuple(torchvision.models.list_models(module=torchvision.models)) + WS_RESNETS
+
+
+def _tuple2(value: Any) -> Tuple[float, float]:
+    return tuple(float(v) for v in value)  # type: ignore[return-value]
+
+
+@attr.s(auto_attribs=True, frozen=True, kw_only=True)
+class ModelParams:
+    """All knobs of :class:`moco.SelfSupervisedMethod`. The defaults are MoCo v2 with a ResNet-18 on STL-10."""
+
+    # --- encoder -------------------------------------------------------------------------------------------------
+    encoder_arch: str = "resnet18"  # torchvision classification model name, or ws_resnet{18,34,50,101,152}
+    use_cifar_stem: Optional[bool] = None  # 3x3/stride-1 first conv, no max-pool; None = on for datasets of <= 64 px
+    embedding_dim: int = 512  # width of the encoder output (checked against the real encoder at construction)
+    shuffle_batch_norm: bool = False  # MoCo shuffle-BN: permute keys across processes around the momentum encoder
+
+    # --- data ----------------------------------------------------------------------------------------------------
+    dataset_name: str = "stl10"  # one of DATASETS
+    data_path: Optional[str] = None  # dataset root; None = env DATA_PATH, then the working directory
+    batch_size: int = 256  # images per device per optimizer step (each image gives num_global_crops views)
+    transform_crop_size: Optional[int] = None  # side of the global crops in px; None = the dataset's default
+    transform_s: float = 0.5  # colour-jitter strength s (brightness/contrast/saturation 0.8s, hue 0.2s)
+    transform_apply_blur: bool = True  # Gaussian blur (p=0.5, sigma 0.1-2) in the "simclr" pipeline
+    transform_type: str = "simclr"  # "simclr": MoCo v2/SimCLR views; "byol": asymmetric blur/solarize pair
+    num_global_crops: int = 2  # views per image at transform_crop_size
+    num_local_crops: int = 0  # extra small views per image (multi-crop); they are queries only
+    local_crop_size: Optional[int] = None  # side of local crops in px; None = 3/7 of the global crop (96/224)
+    global_crop_scale: Tuple[float, float] = attr.ib(default=(0.2, 1.0), converter=_tuple2)  # area fraction range
+    local_crop_scale: Tuple[float, float] = attr.ib(default=(0.05, 0.4), converter=_tuple2)  # area fraction range
+    holdout_fraction: float = 0.1  # "imagefolder" without a val/ folder: fraction of train held out for validation
+    skip_corrupt_images: bool = False  # skip unreadable images (and report how many) instead of raising
+    synthetic_image_size: int = 32  # "synthetic": side of the generated images in px
+    synthetic_train_size: int = 4096  # "synthetic": number of training images
+    synthetic_val_size: int = 1024  # "synthetic": number of validation images
+    data_seed: int = 0  # seed of the synthetic images, of held-out splits and of the validation probe's split
+    num_data_workers: int = 4  # DataLoader worker processes per device
+    drop_last_batch: bool = True  # drop the incomplete last training batch (queues need equal batches)
+    pin_data_memory: bool = True  # page-locked host memory for faster host-to-GPU copies
+
+    # --- method: embeddings, target network, negatives -------------------------------------------------------------
+    K: int = 65536  # queue length (number of stored negative keys)
+    dim: int = 128  # output width of the projection (and prediction) MLP
+    m: float = 0.996  # momentum of the target (lagging) network's EMA, in [0, 1]
+    T: float = 0.2  # softmax temperature of the contrastive losses
+    eqco_alpha: int = 65536  # EqCo alpha: the negative count whose gradient scale is kept
+    use_eqco_margin: bool = False  # EqCo: scale the negative sum by eqco_alpha / (number of negatives)
+    use_negative_examples_from_batch: bool = False  # other samples of the batch are negatives
+    use_negative_examples_from_queue: bool = True  # the queue of past keys supplies negatives
+    use_both_augmentations_as_queries: bool = False  # symmetric loss: every global view is also a query
+    use_lagging_model: bool = True  # targets come from an EMA copy of encoder+projection (else the online net)
+    use_target_stop_gradient: bool = False  # without a lagging model: no gradient through the targets (SimSiam)
+    use_momentum_schedule: bool = False  # cosine schedule of the EMA momentum from m to 1 over all optimizer steps
+    use_unit_sphere_projection: bool = True  # L2-normalize queries and keys before the loss
+    loss_type: str = "ce"  # "ce" InfoNCE, "bce" binary CE, "ip" inner product (BYOL), "vic" VICReg
+    loss_constant_factor: float = 1  # multiplier of the total loss (BYOL uses 2)
+    view_pair_reduction: str = "sum"  # combine the (query view, key view) losses by "sum" (BYOL) or "mean" (SimCLR)
+    use_vicreg_loss: bool = False  # must agree with loss_type == "vic"
+    invariance_loss_weight: float = 25.0  # VICReg lambda (mean squared error between views)
+    variance_loss_weight: float = 25.0  # VICReg mu (hinge on per-dimension std)
+    covariance_loss_weight: float = 1.0  # VICReg nu (off-diagonal covariance)
+    variance_loss_epsilon: float = 1e-4  # VICReg epsilon inside the std
+
+    # --- heads -----------------------------------------------------------------------------------------------------
+    projection_mlp_layers: int = 2  # 0 = Identity, 1 = Linear, n = (n-1) x [Linear, norm, ReLU] + Linear
+    prediction_mlp_layers: int = 0  # same convention; 0 for methods without a predictor
+    mlp_hidden_dim: int = 512  # hidden width of both MLPs
+    mlp_normalization: Optional[str] = None  # hidden-layer norm: None, "bn", "br" (BatchRenorm), "ln", "gn" (32 groups)
+    prediction_mlp_normalization: Optional[str] = "same"  # as mlp_normalization, or "same" to copy it
+    use_mlp_weight_standardization: bool = False  # weight-standardized Linear for the hidden MLP layers
+
+    # --- optimization ----------------------------------------------------------------------------------------------
+    lr: float = 0.5  # peak learning rate (after warmup)
+    momentum: float = 0.9  # SGD / LARS momentum
+    weight_decay: float = 1e-4  # L2 weight decay (not applied to parameters excluded from LARS)
+    max_epochs: int = 320  # training length in epochs (train.py passes it to the Trainer)
+    final_lr_schedule_value: float = 0.0  # learning rate at the end of the cosine schedule
+    optimizer_name: str = "sgd"  # "sgd" or "lars"
+    lars_warmup_epochs: float = 1  # LARS only: linear learning-rate warmup length in epochs (applied per step)
+    lars_eta: float = 1e-3  # LARS trust coefficient
+    exclude_matching_parameters_from_lars: List[str] = attr.ib(factory=list, converter=list)  # name substrings
+    exclude_bias_and_norm_from_lars: bool = False  # every bias and normalization-layer parameter: no LARS, no decay
+
+    # --- distributed -----------------------------------------------------------------------------------------------
+    gather_keys_for_queue: bool = False  # all-gather keys from every process before they enter the queue
+
+    def __attrs_post_init__(self) -> None:
+        validate_params(self)
+
+    @property
+    def uses_queue(self) -> bool:
+        """Whether a queue of past keys is kept (a contrastive loss reading negatives from it)."""
+        return self.loss_type in CONTRASTIVE_LOSS_TYPES and self.use_negative_examples_from_queue
+
+    @property
+    def resolved_prediction_mlp_normalization(self) -> Optional[str]:
+        return self.mlp_normalization if self.prediction_mlp_normalization == "same" else self.prediction_mlp_normalization
+
+
+def _fail(field: str, message: str) -> None:
+    raise ValueError(f"ModelParams.{field}: {message}")
+
+
+def _check_choice(params: ModelParams, field: str, allowed: Tuple[Any, ...]) -> None:
+    value = getattr(params, field)
+    if value not in allowed:
+        close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        _fail(field, f"got {value!r}; allowed values are {', '.join(repr(a) for a in allowed)}.{hint}")
+
+
+def _check_range(params: ModelParams, field: str, low: float, high: float = math.inf, *, low_open: bool = False) -> None:
+    value = getattr(params, field)
+    below = value <= low if low_open else value < low
+    if below or value > high:
+        bracket = "(" if low_open else "["
+        _fail(field, f"got {value!r}; expected a value in {bracket}{low}, {high}]")
+
+
+def validate_params(p: ModelParams) -> None:
+    """Raise ``ValueError`` for impossible settings and warn for suspicious ones; called by ``ModelParams``."""
+    _check_choice(p, "loss_type", LOSS_TYPES)
+    _check_choice(p, "optimizer_name", OPTIMIZERS)
+    _check_choice(p, "mlp_normalization", MLP_NORMALIZATIONS)
+    _check_choice(p, "prediction_mlp_normalization", PREDICTION_MLP_NORMALIZATIONS)
+    _check_choice(p, "dataset_name", DATASETS)
+    _check_choice(p, "transform_type", TRANSFORM_TYPES)
+    _check_choice(p, "view_pair_reduction", VIEW_PAIR_REDUCTIONS)
+    _check_choice(p, "encoder_arch", encoder_archs())
+
+    for field in ("embedding_dim", "batch_size", "dim", "mlp_hidden_dim", "max_epochs", "num_global_crops",
+                  "synthetic_image_size", "synthetic_train_size", "synthetic_val_size"):
+        _check_range(p, field, 1)
+    for field in ("K", "num_local_crops", "num_data_workers", "projection_mlp_layers", "prediction_mlp_layers",
+                  "weight_decay", "final_lr_schedule_value", "transform_s", "lars_warmup_epochs",
+                  "invariance_loss_weight", "variance_loss_weight", "covariance_loss_weight"):
+        _check_range(p, field, 0)
+    for field in ("T", "lr", "lars_eta", "eqco_alpha", "variance_loss_epsilon"):
+        _check_range(p, field, 0, low_open=True)
+    _check_range(p, "m", 0, 1)
+    _check_range(p, "momentum", 0, 1)
+    _check_range(p, "holdout_fraction", 0, 1, low_open=True)
+    if p.loss_constant_factor == 0 or not math.isfinite(p.loss_constant_factor):
+        _fail("loss_constant_factor", f"got {p.loss_constant_factor!r}; expected a finite non-zero number")
+    for field in ("transform_crop_size", "local_crop_size"):
+        if getattr(p, field) is not None:
+            _check_range(p, field, 1)
+    for field in ("global_crop_scale", "local_crop_scale"):
+        low, high = getattr(p, field) if len(getattr(p, field)) == 2 else (-1.0, -1.0)
+        if not 0 < low <= high <= 1:
+            _fail(field, f"got {getattr(p, field)!r}; expected (low, high) with 0 < low <= high <= 1")
+
+    if p.use_vicreg_loss != (p.loss_type == "vic"):
+        _fail("use_vicreg_loss", f"is {p.use_vicreg_loss} but loss_type is {p.loss_type!r}; "
+              "use_vicreg_loss=True goes with loss_type='vic' and only with it")
+    has_negatives = p.use_negative_examples_from_batch or p.use_negative_examples_from_queue
+    if p.loss_type in ("ce", "bce") and not has_negatives:
+        _fail("loss_type", f"{p.loss_type!r} needs negatives: set use_negative_examples_from_batch or "
+              "use_negative_examples_from_queue")
+    if p.use_eqco_margin and p.loss_type != "ce":
+        _fail("use_eqco_margin", f"the EqCo margin is defined for loss_type='ce', not {p.loss_type!r}")
+    if p.uses_queue:
+        if p.K == 0:
+            _fail("K", "the queue is used (use_negative_examples_from_queue=True) but K=0")
+        if p.K % p.batch_size != 0:
+            _fail("K", f"queue length {p.K} must be a multiple of batch_size {p.batch_size} "
+                  "(whole batches enter the queue)")
+    if p.projection_mlp_layers == 0 and p.dim != p.embedding_dim:
+        _fail("dim", f"projection_mlp_layers=0 makes the projection the identity, so dim ({p.dim}) must equal "
+              f"embedding_dim ({p.embedding_dim})")
+    for field, norm in (("mlp_normalization", p.mlp_normalization),
+                        ("prediction_mlp_normalization", p.resolved_prediction_mlp_normalization)):
+        if norm == "gn" and p.mlp_hidden_dim % 32 != 0:
+            _fail(field, f"'gn' uses 32 groups, so mlp_hidden_dim ({p.mlp_hidden_dim}) must be a multiple of 32")
+    if p.use_both_augmentations_as_queries and p.num_global_crops < 2:
+        _fail("num_global_crops", "a symmetric loss needs at least 2 global crops")
+    if p.num_global_crops < 2 and p.num_local_crops == 0:
+        _fail("num_global_crops", f"got {p.num_global_crops}; two views are needed (add global or local crops)")
+
+    def suspicious(message: str) -> None:
+        warnings.warn(f"Suspicious configuration: {message}", UserWarning, stacklevel=4)
+
+    if p.loss_type == "vic" and has_negatives:
+        suspicious("loss_type='vic' reads no negatives; use_negative_examples_from_* are ignored")
+    if p.loss_type == "vic" and p.use_unit_sphere_projection:
+        suspicious("VICReg expects raw embeddings, but use_unit_sphere_projection=True normalizes them")
+    if p.loss_type in ("ce", "bce") and not p.use_unit_sphere_projection:
+        suspicious(f"loss_type={p.loss_type!r} on unnormalized embeddings: logits are unbounded")
+    if not p.use_lagging_model and p.use_momentum_schedule:
+        suspicious("use_momentum_schedule has no effect without a lagging model")
+    if p.shuffle_batch_norm and not p.use_lagging_model:
+        suspicious("shuffle_batch_norm shuffles the momentum encoder's batch, but use_lagging_model=False")
+    if p.gather_keys_for_queue and not p.uses_queue:
+        suspicious("gather_keys_for_queue has no effect without a queue")
+    if (p.loss_type == "ip" and not has_negatives and not p.use_lagging_model
+            and not p.use_target_stop_gradient):
+        suspicious("a loss without negatives, without a lagging model and without a stop-gradient collapses")
+    if p.use_target_stop_gradient and p.use_lagging_model:
+        suspicious("use_target_stop_gradient only matters without a lagging model (EMA targets get no gradient)")
+
+
+def make_params(params: Optional[Mapping[str, Any] | ModelParams] = None, **overrides: Any) -> ModelParams:
+    """Build validated params from a ``ModelParams``, a dict of fields, or keywords; unknown names raise."""
+    if isinstance(params, ModelParams):
+        base: Dict[str, Any] = attr.asdict(params)
+    elif params is None:
+        base = {}
+    elif isinstance(params, Mapping):
+        base = dict(params)
+    else:
+        raise TypeError(f"params must be ModelParams, a dict or None, not {type(params).__name__}")
+    fields = attr.fields_dict(ModelParams)
+    merged = {**base, **overrides}
+    unknown = [name for name in merged if name not in fields]
+    if unknown:
+        hints = [f"{u!r}" + (f" (did you mean {c[0]!r}?)" if (c := difflib.get_close_matches(u, fields, n=1)) else "")
+                 for u in unknown]
+        raise ValueError(f"ModelParams has no field {', '.join(hints)}")
+    return ModelParams(**merged)
+
+
+def _preset(name: str, fields: Mapping[str, Any], doc: str) -> Callable[..., ModelParams]:
+    def preset(**overrides: Any) -> ModelParams:
+        return make_params({**fields, **overrides})
+
+    preset.__name__ = preset.__qualname__ = name
+    preset.__doc__ = doc + "\n\nFields set: " + ", ".join(f"{k}={v!r}" for k, v in fields.items())
+    return preset
+
+
+MoCoV2Params = _preset("MoCoV2Params", {}, "MoCo v2 (Chen et al. 2020, arXiv:2003.04297): the ModelParams defaults.")
+
+MoCoParams = _preset(
+    "MoCoParams",
+    dict(projection_mlp_layers=1, T=0.07, m=0.999),
+    "MoCo v1 (He et al. 2019, arXiv:1911.05722): one linear projection, T=0.07, constant m=0.999.",
+)
+
+_BIAS_NORM_EXCLUDED_LARS = dict(optimizer_name="lars", exclude_bias_and_norm_from_lars=True)
+
+BYOLParams = _preset(
+    "BYOLParams",
+    dict(prediction_mlp_layers=2, mlp_normalization="bn", loss_type="ip", use_negative_examples_from_queue=False,
+         use_both_augmentations_as_queries=True, use_momentum_schedule=True, loss_constant_factor=2,
+         transform_type="byol", **_BIAS_NORM_EXCLUDED_LARS),
+    "BYOL (Grill et al. 2020, arXiv:2006.07733): predictor, BN heads, 2-2cos per ordering summed over both orderings, "
+    "EMA momentum cosine-scheduled to 1 per step, LARS with biases and norm layers excluded. Heads are ResNet-18 "
+    "sized (512 hidden, 128 out) instead of the paper's 4096/256.",
+)
+
+SimCLRParams = _preset(
+    "SimCLRParams",
+    dict(use_negative_examples_from_batch=True, use_negative_examples_from_queue=False, use_lagging_model=False,
+         use_both_augmentations_as_queries=True, K=0, m=0.0, view_pair_reduction="mean"),
+    "SimCLR (Chen et al. 2020, arXiv:2002.05709): NT-Xent over the 2B views of a batch, 2B-2 negatives per anchor "
+    "(same-view ones included), averaged over the 2B anchors.",
+)
+
+VICRegParams = _preset(
+    "VICRegParams",
+    dict(use_vicreg_loss=True, loss_type="vic", use_lagging_model=False, use_unit_sphere_projection=False,
+         use_negative_examples_from_queue=False, projection_mlp_layers=3, mlp_normalization="bn",
+         final_lr_schedule_value=0.002, lars_warmup_epochs=10, **_BIAS_NORM_EXCLUDED_LARS),
+    "VICReg (Bardes et al. 2021, arXiv:2105.04906): invariance/variance/covariance 25/25/1 on raw embeddings of a "
+    "3-layer BN expander, LARS with biases and norm layers excluded, 10 warmup epochs, cosine to 0.002.",
+)
+
+EqCoParams = _preset(
+    "EqCoParams",
+    dict(use_eqco_margin=True, K=256, eqco_alpha=65536),
+    "EqCo (Zhu et al. 2020, arXiv:2010.01929): MoCo v2 with a 256-key queue whose negative term is rescaled to act "
+    "like eqco_alpha negatives.",
+)
+
+PRESETS: Dict[str, Callable[..., ModelParams]] = {
+    "moco_v2": MoCoV2Params,
+    "moco": MoCoParams,
+    "byol": BYOLParams,
+    "simclr": SimCLRParams,
+    "vicreg": VICRegParams,
+    "eqco": EqCoParams,
+}

@@ -1,0 +1,123 @@
+"""Stateful helpers step by step: queue, EMA, schedules, parameter groups."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import components
+import utils
+from moco import SelfSupervisedMethod
+from model_params import BYOLParams, ModelParams
+
+
+def test_queue_enqueue_and_wrap_around_by_exact_columns():
+    queue = components.Queue(dim=3, size=6)
+    batches = [torch.full((2, 3), float(i)) + torch.arange(2.0)[:, None] / 10 for i in range(1, 5)]
+    for batch in batches[:3]:
+        queue.enqueue(batch)
+    assert queue.ptr.item() == 0  # 3 batches of 2 fill 6 columns exactly
+    for column, value in enumerate([1.0, 1.1, 2.0, 2.1, 3.0, 3.1]):
+        assert torch.equal(queue.keys[:, column], torch.full((3,), value))
+    queue.enqueue(batches[3])  # wraps: overwrites the oldest two columns
+    assert queue.ptr.item() == 2
+    assert queue.keys[0].tolist() == pytest.approx([4.0, 4.1, 2.0, 2.1, 3.0, 3.1])
+
+
+def test_queue_wraps_within_a_batch():
+    queue = components.Queue(dim=1, size=4)
+    queue.enqueue(torch.tensor([[1.0], [2.0], [3.0]]))
+    queue.enqueue(torch.tensor([[4.0], [5.0], [6.0]]))
+    assert queue.keys[0].tolist() == [5.0, 6.0, 3.0, 4.0] and queue.ptr.item() == 2
+
+
+def test_queue_starts_with_unit_columns_and_is_in_state_dict():
+    queue = components.Queue(dim=8, size=16)
+    assert torch.allclose(queue.keys.norm(dim=0), torch.ones(16))
+    assert set(queue.state_dict()) == {"keys", "ptr"}
+
+
+def test_ema_update_m0_copies_m1_keeps_and_one_step_by_hand():
+    target, online = [torch.tensor([1.0, 2.0])], [torch.tensor([3.0, -1.0])]
+    components.ema_update_(target, online, 1.0)
+    assert target[0].tolist() == [1.0, 2.0]
+    components.ema_update_(target, online, 0.9)
+    assert target[0].tolist() == pytest.approx([0.9 * 1 + 0.1 * 3, 0.9 * 2 + 0.1 * -1])
+    components.ema_update_(target, online, 0.0)
+    assert target[0].tolist() == [3.0, -1.0]
+
+
+def test_momentum_target_updates_parameters_not_buffers():
+    encoder = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    projection = nn.Linear(2, 2)
+    target = components.MomentumTarget(encoder, projection, key_views=[1], shuffle_batch_norm=False)
+    assert all(not p.requires_grad for p in target.parameters())
+    before = [p.clone() for p in target.parameters()]
+    with torch.no_grad():
+        for p in list(encoder.parameters()) + list(projection.parameters()):
+            p.add_(1.0)
+    encoder[1].running_mean.fill_(5.0)
+    target.update([encoder, projection], m=0.75)
+    for old, new in zip(before, target.parameters()):
+        assert torch.allclose(new, old + 0.25)  # 0.75 old + 0.25 (old + 1)
+    assert torch.equal(target.encoder[1].running_mean, torch.zeros(2))
+
+
+def test_momentum_schedule_start_middle_end():
+    schedule = components.MomentumSchedule(0.996, 1.0)
+    assert schedule(0, 100) == pytest.approx(0.996)
+    assert schedule(50, 100) == pytest.approx(0.998)
+    assert schedule(100, 100) == pytest.approx(1.0)
+    assert components.MomentumSchedule(0.99, 0.99)(37, 100) == pytest.approx(0.99)
+
+
+@pytest.mark.parametrize("step,expected", [(0, 0.1), (4, 0.5), (9, 1.0), (10, 1.0), (60, 0.55), (110, 0.1), (200, 0.1)])
+def test_warmup_cosine_schedule(step, expected):
+    assert components.WarmupCosineSchedule(10, 110, 0.1)(step) == pytest.approx(expected)
+
+
+def test_cosine_schedule_without_warmup_is_per_step():
+    schedule = components.WarmupCosineSchedule(0, 4, 0.0)
+    assert [schedule(s) for s in range(5)] == pytest.approx([1.0, (1 + math.cos(math.pi / 4)) / 2, 0.5,
+                                                             (1 + math.cos(3 * math.pi / 4)) / 2, 0.0])
+
+
+def test_byol_preset_excludes_every_bias_and_norm_parameter_by_identity():
+    params = BYOLParams(dataset_name="synthetic", batch_size=8)
+    model = SelfSupervisedMethod(params)
+    regular, excluded = components.parameter_groups(model, params.weight_decay, [], True)
+    excluded_ids = {id(p) for p in excluded["params"]}
+    must_exclude = [model.model.bn1.weight, model.model.bn1.bias, model.model.layer2[0].downsample[1].weight,
+                    model.model.layer2[0].downsample[1].bias, model.projection_model.net[1].weight,
+                    model.projection_model.net[0].bias, model.prediction_model.net[1].weight,
+                    model.prediction_model.net[2].bias]
+    assert all(id(p) in excluded_ids for p in must_exclude)
+    regular_ids = {id(p) for p in regular["params"]}
+    assert id(model.model.conv1.weight) in regular_ids and id(model.projection_model.net[0].weight) in regular_ids
+    assert excluded["weight_decay"] == 0.0 and not excluded["use_lars"] and regular["use_lars"]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert len(regular_ids) + len(excluded_ids) == len(trainable)  # target (EMA) parameters are never optimized
+    assert not any(id(p) in regular_ids | excluded_ids for p in model.target.parameters())
+
+
+def test_name_substring_exclusion_is_kept_for_compatibility():
+    model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    regular, excluded = components.parameter_groups(model, 1e-4, [".bias"], False)
+    assert [id(p) for p in excluded["params"]] == [id(model[0].bias), id(model[1].bias)]
+
+
+def test_mlp_layers_and_normalizations():
+    assert isinstance(utils.MLP(4, 4, 8, 0).net, nn.Identity)
+    assert isinstance(utils.MLP(4, 3, 8, 1).net, nn.Linear)
+    three = utils.MLP(4, 3, 32, 3, "gn")
+    kinds = [type(m).__name__ for m in three.net]
+    assert kinds == ["Linear", "GroupNorm", "ReLU", "Linear", "GroupNorm", "ReLU", "Linear"]
+    with pytest.raises(ValueError, match="input_dim"):
+        utils.MLP(4, 3, 8, 0)
+
+
+def test_topk_accuracy():
+    logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.1, 0.05], [0.2, 0.3, 0.5]])
+    acc1, acc2 = utils.topk_accuracy(logits, torch.tensor([1, 1, 0]), topk=(1, 2))
+    assert acc1.item() == pytest.approx(100 / 3) and acc2.item() == pytest.approx(200 / 3)

@@ -1,0 +1,181 @@
+"""SelfSupervisedMethod end to end on CPU: every preset through pl.Trainer, checkpoints, hooks and schedules."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, List
+
+import attr
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from helpers import cpu_trainer, tiny
+from model_params import PRESETS, BYOLParams, ModelParams, SimCLRParams, VICRegParams, make_params
+from moco import SelfSupervisedMethod
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_trains_and_round_trips_through_a_checkpoint(name, tmp_path):
+    params = tiny(PRESETS[name])
+    model = SelfSupervisedMethod(params)
+    trainer = cpu_trainer(fast_dev_run=True)
+    trainer.fit(model)
+    loss = trainer.callback_metrics["step_train_loss"]
+    assert torch.isfinite(loss)
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = SelfSupervisedMethod.load_from_checkpoint(path)
+    assert loaded.params == params
+    original, restored = model.state_dict(), loaded.state_dict()
+    assert original.keys() == restored.keys()
+    assert all(torch.equal(original[k], restored[k]) for k in original)
+    if params.uses_queue:
+        assert "queue.keys" in restored and "queue.ptr" in restored
+    if params.use_lagging_model:
+        assert any(k.startswith("target.encoder.") for k in restored)
+
+
+def test_constructor_forms_apply_every_override():
+    params = tiny(BYOLParams)
+    assert SelfSupervisedMethod(params).params == params
+    assert SelfSupervisedMethod(params, lr=0.05).params == attr.evolve(params, lr=0.05)
+    assert SelfSupervisedMethod(attr.asdict(params)).params == params
+    assert SelfSupervisedMethod(**attr.asdict(params)).params == params
+    with pytest.raises(ValueError, match="no field 'learning_rate'"):
+        SelfSupervisedMethod(params, learning_rate=0.1)
+    with pytest.raises(ValueError, match="ModelParams.T: got -1"):
+        SelfSupervisedMethod(params, T=-1)
+
+
+def test_embedding_dim_is_checked_against_the_encoder():
+    with pytest.raises(ValueError, match=r"embedding_dim is 512 but encoder_arch 'resnet50' outputs 2048 features; "
+                                         r"set embedding_dim=2048"):
+        SelfSupervisedMethod(tiny(ModelParams, encoder_arch="resnet50"))
+
+
+def test_cifar_stem_default_follows_image_size_and_can_be_forced():
+    small = SelfSupervisedMethod(tiny(ModelParams, use_cifar_stem=None))
+    assert small.model.conv1.kernel_size == (3, 3) and small.model.conv1.stride == (1, 1)
+    assert small.model.conv1.padding == (1, 1) and isinstance(small.model.maxpool, torch.nn.Identity)
+    forced_off = SelfSupervisedMethod(tiny(ModelParams, use_cifar_stem=False))
+    assert forced_off.model.conv1.kernel_size == (7, 7)
+
+
+def test_forward_returns_encoder_embeddings_and_project_the_projection():
+    model = SelfSupervisedMethod(tiny(ModelParams)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert model(x).shape == (2, 512)
+    assert model.project(x).shape == (2, 32)
+
+
+class Recorder(pl.Callback):
+    """Records what happens around each training batch."""
+
+    def __init__(self) -> None:
+        self.lrs: List[float] = []
+        self.target_before: List[List[torch.Tensor]] = []
+        self.target_after_step: List[List[torch.Tensor]] = []
+        self.online_after_step: List[List[torch.Tensor]] = []
+        self.queue_ptr: List[int] = []
+
+    def on_train_batch_start(self, trainer: pl.Trainer, module: Any, batch: Any, batch_idx: int) -> None:
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+        self.target_before.append([p.detach().clone() for p in module.target.parameters()])
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # Callbacks run before the module's own on_train_batch_end, i.e. after the optimizer step, before the EMA.
+        self.target_after_step.append([p.detach().clone() for p in module.target.parameters()])
+        self.online_after_step.append([p.detach().clone() for m in (module.model, module.projection_model)
+                                       for p in m.parameters()])
+        if module.queue is not None:
+            self.queue_ptr.append(int(module.queue.ptr))
+
+
+def test_ema_update_follows_each_optimizer_step_with_the_scheduled_momentum():
+    params = tiny(BYOLParams, synthetic_train_size=32, max_epochs=1)  # 4 steps, cosine m from .996 to 1
+    model = SelfSupervisedMethod(params)
+    recorder = Recorder()
+    cpu_trainer(callbacks=[recorder], limit_val_batches=0).fit(model)
+    total = 4
+    for step in range(total - 1):
+        m = 1 - (1 - params.m) * (1 + math.cos(math.pi * (step + 1) / total)) / 2
+        for before, online, after in zip(recorder.target_after_step[step], recorder.online_after_step[step],
+                                         recorder.target_before[step + 1]):
+            assert torch.allclose(after, m * before + (1 - m) * online, atol=1e-6)
+
+
+def test_ema_waits_for_the_optimizer_step_under_gradient_accumulation():
+    model = SelfSupervisedMethod(tiny(ModelParams))
+    recorder = Recorder()
+    cpu_trainer(callbacks=[recorder], limit_val_batches=0, accumulate_grad_batches=2).fit(model)
+    unchanged = all(torch.equal(a, b) for a, b in zip(recorder.target_before[0], recorder.target_before[1]))
+    changed = any(not torch.equal(a, b) for a, b in zip(recorder.target_before[1], recorder.target_before[2]))
+    assert unchanged and changed
+
+
+def test_queue_receives_one_batch_of_keys_per_step():
+    model = SelfSupervisedMethod(tiny(ModelParams))
+    recorder = Recorder()
+    cpu_trainer(callbacks=[recorder], limit_val_batches=0).fit(model)
+    # The callback sees the pointer before the module enqueues: 0, 8, 16, 24 (4 steps of 8 keys into K=32).
+    assert recorder.queue_ptr == [0, 8, 16, 24] and int(model.queue.ptr) == 0
+
+
+def test_lars_warmup_is_counted_in_epochs_and_applied_per_step():
+    params = tiny(BYOLParams, lars_warmup_epochs=1, max_epochs=2, lr=0.4, final_lr_schedule_value=0.0)
+    recorder = Recorder()
+    cpu_trainer(callbacks=[recorder], limit_val_batches=0, max_epochs=2).fit(SelfSupervisedMethod(params))
+    warmup = [0.1, 0.2, 0.3, 0.4]  # 4 steps per epoch: (step+1)/4 of lr
+    cosine = [0.4 * (1 + math.cos(math.pi * k / 4)) / 2 for k in range(4)]
+    assert recorder.lrs == pytest.approx(warmup + cosine)
+
+
+def test_no_extra_train_mode_forward_passes():
+    """Each BatchNorm / BatchRenorm sees exactly one train-mode forward per step (none for logging)."""
+    model = SelfSupervisedMethod(tiny(BYOLParams, mlp_normalization="br"))
+    cpu_trainer(limit_val_batches=0, max_steps=3).fit(model)
+    counters = {
+        "encoder": model.model.bn1.num_batches_tracked,
+        "projection": model.projection_model.net[1].num_batches_tracked,
+        "prediction": model.prediction_model.net[1].num_batches_tracked,
+        "target encoder": model.target.encoder.bn1.num_batches_tracked,
+        "target projection": model.target.projection.net[1].num_batches_tracked,
+    }
+    assert {name: int(c) for name, c in counters.items()} == {name: 3 for name in counters}
+
+
+def test_simclr_uses_one_online_pass_over_both_views_and_no_target_copy():
+    model = SelfSupervisedMethod(tiny(SimCLRParams))
+    assert model.online_views == [0, 1] and not list(model.target.parameters())
+    vicreg = SelfSupervisedMethod(tiny(VICRegParams))
+    assert vicreg.online_views == [0, 1] and vicreg.query_views == [0]
+
+
+def test_single_process_distributed_flags_do_not_crash():
+    params = tiny(ModelParams, shuffle_batch_norm=True, gather_keys_for_queue=True)
+    model = SelfSupervisedMethod(params)
+    with pytest.warns(UserWarning, match="shuffle_batch_norm has no effect in a single process"):
+        cpu_trainer(fast_dev_run=True).fit(model)
+
+
+def test_logged_metric_names():
+    trainer = cpu_trainer(fast_dev_run=True)
+    trainer.fit(SelfSupervisedMethod(tiny(ModelParams)))
+    assert {"step_train_loss", "step_pos_cos", "step_neg_cos", "step_train_acc1", "step_train_acc5", "m", "T",
+            "lr"} <= set(trainer.callback_metrics)
+    trainer = cpu_trainer(fast_dev_run=True)
+    trainer.fit(SelfSupervisedMethod(tiny(VICRegParams)))
+    assert {"loss_invariance", "loss_variance", "loss_covariance"} <= set(trainer.callback_metrics)
+
+
+def test_validation_probe_reports_accuracies():
+    params = tiny(ModelParams, synthetic_val_size=64)
+    trainer = cpu_trainer(limit_train_batches=1)
+    trainer.fit(SelfSupervisedMethod(params))
+    for name in ("train_class_acc", "valid_class_acc"):
+        assert 0.0 <= float(trainer.callback_metrics[name]) <= 100.0
+
+
+def test_make_params_accepts_model_params_with_overrides():
+    assert make_params(ModelParams(), lr=0.3).lr == 0.3

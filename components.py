@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -61,8 +61,9 @@ class MomentumTarget(nn.Module):
     ``shuffle_batch_norm`` the keys are computed on a batch shuffled across processes (MoCo shuffle-BN).
     """
 
-    def __init__(self, encoder: nn.Module, projection: nn.Module, key_views: Sequence[int],
-                 shuffle_batch_norm: bool) -> None:
+    def __init__(
+        self, encoder: nn.Module, projection: nn.Module, key_views: Sequence[int], shuffle_batch_norm: bool
+    ) -> None:
         super().__init__()
         self.encoder = copy.deepcopy(encoder).requires_grad_(False)
         self.projection = copy.deepcopy(projection).requires_grad_(False)
@@ -70,7 +71,9 @@ class MomentumTarget(nn.Module):
         self.shuffle_batch_norm = shuffle_batch_norm
 
     @torch.no_grad()
-    def forward(self, views: Sequence[Tensor], online_projections: Sequence[Optional[Tensor]]) -> List[Optional[Tensor]]:
+    def forward(
+        self, views: Sequence[Tensor], online_projections: Sequence[Optional[Tensor]]
+    ) -> List[Optional[Tensor]]:
         x = torch.cat([views[i] for i in self.key_views])
         if self.shuffle_batch_norm:
             x, unshuffle = distributed.batch_shuffle(x)
@@ -98,7 +101,9 @@ class OnlineTarget(nn.Module):
         self.key_views = list(key_views)
         self.stop_gradient = stop_gradient
 
-    def forward(self, views: Sequence[Tensor], online_projections: Sequence[Optional[Tensor]]) -> List[Optional[Tensor]]:
+    def forward(
+        self, views: Sequence[Tensor], online_projections: Sequence[Optional[Tensor]]
+    ) -> List[Optional[Tensor]]:
         keys: List[Optional[Tensor]] = [None] * len(views)
         for i in self.key_views:
             z = online_projections[i]
@@ -137,22 +142,39 @@ class WarmupCosineSchedule:
         return self.final_factor + (1 - self.final_factor) * (1 + math.cos(math.pi * progress)) / 2
 
 
-def parameter_groups(module: nn.Module, weight_decay: float, exclude_name_substrings: Sequence[str],
-                     exclude_bias_and_norm: bool) -> List[Dict[str, object]]:
-    """Two optimizer groups: "regular" (LARS scaling, weight decay) and "excluded" (neither).
+def parameter_groups(
+    module: nn.Module,
+    weight_decay: float,
+    exclude_name_substrings: Sequence[str],
+    exclude_bias_and_norm: bool,
+    constant_lr_modules: Sequence[nn.Module] = (),
+) -> List[Dict[str, Any]]:
+    """Optimizer groups: "regular" (LARS scaling, weight decay) and "excluded" (neither), each split off again for
+    parameters of ``constant_lr_modules`` (flag ``constant_lr``: the learning-rate schedule leaves them alone).
 
     A parameter is excluded when its name contains one of ``exclude_name_substrings`` or, with
     ``exclude_bias_and_norm``, when it is a bias or belongs to a normalization layer (chosen by module type, so
-    downsample and MLP norm layers are caught too). Frozen parameters (the EMA target) are left out.
+    downsample and MLP norm layers are caught too). Frozen parameters (the EMA target) are left out, and so are
+    empty groups.
     """
-    regular, excluded = [], []
+    constant_ids = {id(p) for m in constant_lr_modules for p in m.parameters()}
+    groups: Dict[Tuple[bool, bool], List[nn.Parameter]] = {
+        key: [] for key in itertools.product((False, True), repeat=2)
+    }
     for name, parameter, owner in utils.named_parameters_with_owner(module):
         by_name = any(sub in name for sub in exclude_name_substrings)
         by_type = exclude_bias_and_norm and utils.is_bias_or_norm(name, owner)
-        (excluded if by_name or by_type else regular).append(parameter)
+        groups[(by_name or by_type, id(parameter) in constant_ids)].append(parameter)
     return [
-        {"name": "regular", "params": regular, "weight_decay": weight_decay, "use_lars": True},
-        {"name": "excluded", "params": excluded, "weight_decay": 0.0, "use_lars": False},
+        {
+            "name": ("excluded" if excluded else "regular") + (" constant lr" if constant else ""),
+            "params": params,
+            "weight_decay": 0.0 if excluded else weight_decay,
+            "use_lars": not excluded,
+            "constant_lr": constant,
+        }
+        for (excluded, constant), params in groups.items()
+        if params
     ]
 
 

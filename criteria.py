@@ -16,9 +16,11 @@ from torch import Tensor, nn
 
 import distributed
 import losses
+import utils
 from model_params import ModelParams
 
 PairLoss = Callable[[Tensor, Tensor], Tensor]
+Views = Sequence[Optional[Tensor]]
 
 
 class LossOutput(NamedTuple):
@@ -34,7 +36,11 @@ def view_pairs(num_global: int, num_local: int, symmetric: bool) -> List[Tuple[i
 
 
 class PairwiseCriterion(nn.Module):
-    """Sums or averages a per-pair loss over view pairs; subclasses define :meth:`pair_loss`."""
+    """Sums or averages a per-pair loss over view pairs; subclasses define :meth:`pair_loss`.
+
+    Hooks for stateful criteria: :meth:`set_epoch` before each training epoch and :meth:`after_step` with the
+    step's keys after each optimizer step.
+    """
 
     def __init__(self, pairs: Sequence[Tuple[int, int]], reduction: str, factor: float) -> None:
         super().__init__()
@@ -44,17 +50,44 @@ class PairwiseCriterion(nn.Module):
         self.reduce = torch.sum if reduction == "sum" else torch.mean
         self.factor = factor
 
-    def forward(self, queries: Sequence[Optional[Tensor]], keys: Sequence[Optional[Tensor]],
-                memory: Optional[Tensor]) -> LossOutput:
-        """queries/keys: one [B, D] entry per view (None where unused); memory: queue [D, K] or None."""
-        outputs = [self.pair_loss(s, t, queries, keys, memory) for s, t in self.pairs]
+    def forward(self, queries: Views, keys: Views, memory: Optional[Tensor], labels: Tensor) -> LossOutput:
+        """queries/keys: one [B, D] entry per view (None where unused); memory: queue [D, K] or None; labels [B]."""
+        outputs = [self.pair_loss(queries[s], keys[t], s, t, queries, keys, memory, labels) for s, t in self.pairs]
         loss = self.factor * self.reduce(torch.stack([out.loss for out in outputs]))
         metrics = {name: torch.stack([out.metrics[name] for out in outputs]).mean() for name in outputs[0].metrics}
         return LossOutput(loss, metrics)
 
-    def pair_loss(self, s: int, t: int, queries: Sequence[Optional[Tensor]], keys: Sequence[Optional[Tensor]],
-                  memory: Optional[Tensor]) -> LossOutput:
+    def pair_loss(
+        self,
+        query: Tensor,
+        key: Tensor,
+        s: int,
+        t: int,
+        queries: Views,
+        keys: Views,
+        memory: Optional[Tensor],
+        labels: Tensor,
+    ) -> LossOutput:
         raise NotImplementedError
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called before each training epoch (epoch-based schedules)."""
+
+    def after_step(self, keys: Views) -> None:
+        """Called with the step's keys after each optimizer step (running statistics, feature queues)."""
+
+
+def cosine_metrics(query: Tensor, key: Tensor) -> Dict[str, Tensor]:
+    return dict(zip(("step_pos_cos", "step_neg_cos"), losses.positive_negative_cosine(query, key)))
+
+
+def accuracy_metrics(pos: Tensor, neg: Tensor) -> Dict[str, Tensor]:
+    return dict(zip(("step_train_acc1", "step_train_acc5"), losses.contrastive_accuracy(pos, neg)))
+
+
+def own_rows(batch_size: int, device: torch.device) -> Tensor:
+    """Indices of this process's samples among candidates gathered from all processes."""
+    return torch.arange(batch_size, device=device) + distributed.rank() * batch_size
 
 
 class ContrastiveCriterion(PairwiseCriterion):
@@ -66,53 +99,294 @@ class ContrastiveCriterion(PairwiseCriterion):
     process's offset in the gathered candidates.
     """
 
-    def __init__(self, pairs: Sequence[Tuple[int, int]], reduction: str, factor: float, loss_fn: PairLoss,
-                 batch_negatives: bool, same_view_negatives: bool,
-                 gather: Callable[[Tensor], Tensor] = distributed.gather_with_grad) -> None:
+    def __init__(
+        self,
+        pairs: Sequence[Tuple[int, int]],
+        reduction: str,
+        factor: float,
+        loss_fn: PairLoss,
+        batch_negatives: bool,
+        same_view_negatives: bool,
+        gather: Callable[[Tensor], Tensor] = distributed.gather_with_grad,
+    ) -> None:
         super().__init__(pairs, reduction, factor)
         self.loss_fn = loss_fn
         self.batch_negatives = batch_negatives
         self.same_view_negatives = same_view_negatives
         self.gather = gather
 
-    def pair_loss(self, s: int, t: int, queries: Sequence[Optional[Tensor]], keys: Sequence[Optional[Tensor]],
-                  memory: Optional[Tensor]) -> LossOutput:
-        q, k = queries[s], keys[t]
-        assert q is not None and k is not None
-        positive_index = torch.arange(q.shape[0], device=q.device) + distributed.rank() * q.shape[0]
+    def pair_loss(
+        self,
+        query: Tensor,
+        key: Tensor,
+        s: int,
+        t: int,
+        queries: Views,
+        keys: Views,
+        memory: Optional[Tensor],
+        labels: Tensor,
+    ) -> LossOutput:
+        positive_index = own_rows(query.shape[0], query.device)
         negatives = []
         if self.batch_negatives:
-            pos, cross_view = losses.split_positive(q @ self.gather(k).T, positive_index)
+            pos, cross_view = losses.split_positive(query @ self.gather(key).T, positive_index)
             negatives.append(cross_view)
         else:
-            pos = (q * k).sum(dim=1)
-        if self.same_view_negatives and keys[s] is not None:
-            negatives.append(losses.split_positive(q @ self.gather(keys[s]).T, positive_index)[1])
+            pos = (query * key).sum(dim=1)
+        same_view_keys = keys[s]
+        if self.same_view_negatives and same_view_keys is not None:
+            negatives.append(losses.split_positive(query @ self.gather(same_view_keys).T, positive_index)[1])
         if memory is not None:
-            negatives.append(q @ memory)  # [B, K]
-        neg = torch.cat(negatives, dim=1) if negatives else q.new_zeros(q.shape[0], 0)
-        metrics = dict(zip(("step_pos_cos", "step_neg_cos"), losses.positive_negative_cosine(q, k)))
+            negatives.append(query @ memory)  # [B, K]
+        neg = torch.cat(negatives, dim=1) if negatives else query.new_zeros(query.shape[0], 0)
+        metrics = cosine_metrics(query, key)
         if neg.shape[1] > 0:
-            metrics.update(zip(("step_train_acc1", "step_train_acc5"), losses.contrastive_accuracy(pos, neg)))
+            metrics.update(accuracy_metrics(pos, neg))
         return LossOutput(self.loss_fn(pos, neg), metrics)
 
 
-class VICRegCriterion(PairwiseCriterion):
-    """VICReg between the query of view s and the key of view t (both raw online embeddings, with gradient)."""
+class SupConCriterion(ContrastiveCriterion):
+    """Supervised contrastive L_out: candidates as for NT-Xent, positives = every candidate with the anchor's label."""
 
-    def __init__(self, pairs: Sequence[Tuple[int, int]], reduction: str, factor: float,
-                 vicreg: Callable[[Tensor, Tensor], Dict[str, Tensor]]) -> None:
+    def __init__(
+        self,
+        pairs: Sequence[Tuple[int, int]],
+        reduction: str,
+        factor: float,
+        temperature: float,
+        same_view_negatives: bool,
+        gather: Callable[[Tensor], Tensor] = distributed.gather_with_grad,
+    ) -> None:
+        super().__init__(
+            pairs,
+            reduction,
+            factor,
+            loss_fn=losses.info_nce_loss,
+            batch_negatives=True,
+            same_view_negatives=same_view_negatives,
+            gather=gather,
+        )
+        self.temperature = temperature
+
+    def pair_loss(
+        self,
+        query: Tensor,
+        key: Tensor,
+        s: int,
+        t: int,
+        queries: Views,
+        keys: Views,
+        memory: Optional[Tensor],
+        labels: Tensor,
+    ) -> LossOutput:
+        if bool((labels < 0).any()):
+            raise ValueError(
+                "loss_type='supcon' needs a label for every training image, but the batch has "
+                "unlabeled samples (label -1); use a labelled dataset"
+            )
+        own = own_rows(query.shape[0], query.device)
+        same_class = labels[:, None] == distributed.gather(labels)[None, :]  # [B, world*B]
+        similarities, positives = [query @ self.gather(key).T], [same_class]
+        same_view_keys = keys[s]
+        if self.same_view_negatives and same_view_keys is not None:
+            similarities.append(losses.split_positive(query @ self.gather(same_view_keys).T, own)[1])
+            positives.append(losses.split_positive(same_class, own)[1])
+        loss = losses.supervised_contrastive_loss(
+            torch.cat(similarities, dim=1), torch.cat(positives, dim=1), self.temperature
+        )
+        return LossOutput(loss, cosine_metrics(query, key))
+
+
+class NNCLRCriterion(PairwiseCriterion):
+    """NNCLR: the nearest neighbour of key t in the support set (memory) is the anchor; the candidates are the
+    queries of view s of every image in the batch (gathered with gradient), the positive being the same image."""
+
+    def __init__(
+        self,
+        pairs: Sequence[Tuple[int, int]],
+        reduction: str,
+        factor: float,
+        temperature: float,
+        gather: Callable[[Tensor], Tensor] = distributed.gather_with_grad,
+    ) -> None:
         super().__init__(pairs, reduction, factor)
-        self.vicreg = vicreg
+        self.temperature = temperature
+        self.gather = gather
 
-    def pair_loss(self, s: int, t: int, queries: Sequence[Optional[Tensor]], keys: Sequence[Optional[Tensor]],
-                  memory: Optional[Tensor]) -> LossOutput:
-        q, k = queries[s], keys[t]
-        assert q is not None and k is not None
-        terms = self.vicreg(q, k)
+    def pair_loss(
+        self,
+        query: Tensor,
+        key: Tensor,
+        s: int,
+        t: int,
+        queries: Views,
+        keys: Views,
+        memory: Optional[Tensor],
+        labels: Tensor,
+    ) -> LossOutput:
+        assert memory is not None, "NNCLR needs its support set"
+        with torch.no_grad():
+            neighbours = memory.T[(key @ memory).argmax(dim=1)]  # [B, D]
+        pos, neg = losses.split_positive(neighbours @ self.gather(query).T, own_rows(query.shape[0], query.device))
+        metrics = {**cosine_metrics(query, key), **accuracy_metrics(pos.detach(), neg.detach())}
+        return LossOutput(losses.info_nce_loss(pos, neg, self.temperature), metrics)
+
+
+class PairFunctionCriterion(PairwiseCriterion):
+    """A loss that is a function of the two views' embeddings only (VICReg, Barlow Twins, SimSiam).
+
+    ``fn(query, key)`` returns a dict holding "loss" and optional extra terms, which are logged.
+    """
+
+    def __init__(
+        self,
+        pairs: Sequence[Tuple[int, int]],
+        reduction: str,
+        factor: float,
+        fn: Callable[[Tensor, Tensor], Dict[str, Tensor]],
+    ) -> None:
+        super().__init__(pairs, reduction, factor)
+        self.fn = fn
+
+    def pair_loss(
+        self,
+        query: Tensor,
+        key: Tensor,
+        s: int,
+        t: int,
+        queries: Views,
+        keys: Views,
+        memory: Optional[Tensor],
+        labels: Tensor,
+    ) -> LossOutput:
+        terms = self.fn(query, key)
         metrics = {name: value.detach() for name, value in terms.items() if name != "loss"}
-        metrics.update(zip(("step_pos_cos", "step_neg_cos"), losses.positive_negative_cosine(q, k)))
-        return LossOutput(terms["loss"], metrics)
+        return LossOutput(terms["loss"], {**metrics, **cosine_metrics(query, key)})
+
+
+class DINOCriterion(PairwiseCriterion):
+    """DINO self-distillation: cross-entropy of the centered, sharpened teacher output of global view t against
+    the student output of view s; the center is an EMA of the teacher outputs over all processes."""
+
+    def __init__(
+        self,
+        pairs: Sequence[Tuple[int, int]],
+        reduction: str,
+        factor: float,
+        num_prototypes: int,
+        student_temperature: float,
+        teacher_temperature: float,
+        warmup_start: float,
+        warmup_epochs: int,
+        center_momentum: float,
+    ) -> None:
+        super().__init__(pairs, reduction, factor)
+        self.student_temperature = student_temperature
+        self.final_teacher_temperature = teacher_temperature
+        self.warmup_start, self.warmup_epochs = warmup_start, warmup_epochs
+        self.teacher_temperature = warmup_start if warmup_epochs > 0 else teacher_temperature
+        self.center_momentum = center_momentum
+        self.register_buffer("center", torch.zeros(num_prototypes))
+
+    def set_epoch(self, epoch: int) -> None:
+        progress = min(epoch / self.warmup_epochs, 1.0) if self.warmup_epochs > 0 else 1.0
+        self.teacher_temperature = self.warmup_start + progress * (self.final_teacher_temperature - self.warmup_start)
+
+    def pair_loss(
+        self,
+        query: Tensor,
+        key: Tensor,
+        s: int,
+        t: int,
+        queries: Views,
+        keys: Views,
+        memory: Optional[Tensor],
+        labels: Tensor,
+    ) -> LossOutput:
+        loss = losses.dino_loss(query, key, self.center, self.student_temperature, self.teacher_temperature)
+        return LossOutput(
+            loss, {**cosine_metrics(query, key), "teacher_temperature": torch.tensor(self.teacher_temperature)}
+        )
+
+    @torch.no_grad()
+    def after_step(self, keys: Views) -> None:
+        teacher = torch.cat([k for k in keys if k is not None])
+        batch_mean = distributed.gather(teacher).float().mean(dim=0)
+        self.center.mul_(self.center_momentum).add_(batch_mean, alpha=1 - self.center_momentum)
+
+
+class SwAVCriterion(PairwiseCriterion):
+    """SwAV swapped prediction: Sinkhorn-Knopp codes of global view t (no gradient) predicted from the prototype
+    scores of view s. Owns the prototypes and the optional feature queue (per global view) that enlarges the batch
+    the codes are computed on."""
+
+    def __init__(
+        self,
+        pairs: Sequence[Tuple[int, int]],
+        reduction: str,
+        factor: float,
+        dim: int,
+        num_prototypes: int,
+        temperature: float,
+        epsilon: float,
+        iterations: int,
+        num_global_views: int,
+        queue_length: int,
+        queue_start_epoch: int,
+    ) -> None:
+        super().__init__(pairs, reduction, factor)
+        self.prototypes = utils.PrototypeLayer(dim, num_prototypes)
+        self.temperature = temperature
+        self.sinkhorn = functools.partial(
+            losses.sinkhorn_knopp,
+            epsilon=epsilon,
+            iterations=iterations,
+            sum_over_processes=distributed.all_reduce_sum,
+            max_over_processes=distributed.all_reduce_max,
+        )
+        self.queue_start_epoch = queue_start_epoch
+        self.queue_active = False
+        self.register_buffer("feature_queue", torch.zeros(num_global_views, queue_length, dim))
+        self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.queue_active = self.feature_queue.shape[1] > 0 and epoch >= self.queue_start_epoch
+
+    def forward(self, queries: Views, keys: Views, memory: Optional[Tensor], labels: Tensor) -> LossOutput:
+        codes = [None if k is None else self._codes(i, k) for i, k in enumerate(keys)]
+        return super().forward(queries, codes, memory, labels)
+
+    @torch.no_grad()
+    def _codes(self, view: int, features: Tensor) -> Tensor:
+        scores = self.prototypes(features.detach())
+        queue = self.feature_queue[view]
+        if self.queue_active and int(self.queue_filled) >= queue.shape[0]:
+            scores = torch.cat([scores, self.prototypes(queue)])
+        return self.sinkhorn(scores)[: features.shape[0]]
+
+    def pair_loss(
+        self,
+        query: Tensor,
+        key: Tensor,
+        s: int,
+        t: int,
+        queries: Views,
+        keys: Views,
+        memory: Optional[Tensor],
+        labels: Tensor,
+    ) -> LossOutput:
+        loss = losses.cross_entropy_with_soft_targets(key, self.prototypes(query), self.temperature)
+        return LossOutput(loss, {})
+
+    @torch.no_grad()
+    def after_step(self, keys: Views) -> None:
+        if not self.queue_active:
+            return
+        for view in range(self.feature_queue.shape[0]):
+            features = distributed.gather(keys[view].detach()).to(self.feature_queue.dtype)  # type: ignore[union-attr]
+            queue = self.feature_queue[view]
+            queue.copy_(torch.cat([features, queue[: queue.shape[0] - features.shape[0]]]))
+        self.queue_filled.add_(features.shape[0])
 
 
 def contrastive_loss_fn(params: ModelParams) -> PairLoss:
@@ -126,18 +400,58 @@ def contrastive_loss_fn(params: ModelParams) -> PairLoss:
     }[params.loss_type]
 
 
+def _as_terms(fn: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Dict[str, Tensor]]:
+    return lambda q, k: {"loss": fn(q, k)}
+
+
 def build_criterion(params: ModelParams) -> PairwiseCriterion:
     """Resolve loss_type and the negative / symmetry flags into a criterion."""
-    pairs = view_pairs(params.num_global_crops, params.num_local_crops, params.use_both_augmentations_as_queries)
-    common = dict(pairs=pairs, reduction=params.view_pair_reduction, factor=params.loss_constant_factor)
-    if params.loss_type == "vic":
-        vicreg = functools.partial(
-            losses.vicreg_loss, invariance_weight=params.invariance_loss_weight,
-            variance_weight=params.variance_loss_weight, covariance_weight=params.covariance_loss_weight,
-            eps=params.variance_loss_epsilon)
-        return VICRegCriterion(**common, vicreg=vicreg)
-    same_view = (params.use_negative_examples_from_batch and not params.use_lagging_model
-                 and params.use_both_augmentations_as_queries)
-    return ContrastiveCriterion(**common, loss_fn=contrastive_loss_fn(params),
-                                batch_negatives=params.use_negative_examples_from_batch,
-                                same_view_negatives=same_view)
+    p = params
+    pairs = view_pairs(p.num_global_crops, p.num_local_crops, p.use_both_augmentations_as_queries)
+    common = dict(pairs=pairs, reduction=p.view_pair_reduction, factor=p.loss_constant_factor)
+    same_view = p.use_negative_examples_from_batch and not p.use_lagging_model and p.use_both_augmentations_as_queries
+    if p.loss_type in ("ce", "bce", "ip"):
+        return ContrastiveCriterion(
+            **common,
+            loss_fn=contrastive_loss_fn(p),
+            batch_negatives=p.use_negative_examples_from_batch,
+            same_view_negatives=same_view,
+        )
+    if p.loss_type == "supcon":
+        return SupConCriterion(**common, temperature=p.T, same_view_negatives=same_view)
+    if p.loss_type == "nnclr":
+        return NNCLRCriterion(**common, temperature=p.T)
+    if p.loss_type == "dino":
+        return DINOCriterion(
+            **common,
+            num_prototypes=p.num_prototypes,
+            student_temperature=p.T,
+            teacher_temperature=p.teacher_temperature,
+            warmup_start=p.teacher_temperature_warmup_start,
+            warmup_epochs=p.teacher_temperature_warmup_epochs,
+            center_momentum=p.center_momentum,
+        )
+    if p.loss_type == "swav":
+        return SwAVCriterion(
+            **common,
+            dim=p.dim,
+            num_prototypes=p.num_prototypes,
+            temperature=p.T,
+            epsilon=p.sinkhorn_epsilon,
+            iterations=p.sinkhorn_iterations,
+            num_global_views=p.num_global_crops,
+            queue_length=p.swav_queue_length,
+            queue_start_epoch=p.swav_queue_start_epoch,
+        )
+    pair_functions: Dict[str, Callable[[Tensor, Tensor], Dict[str, Tensor]]] = {
+        "vic": functools.partial(
+            losses.vicreg_loss,
+            invariance_weight=p.invariance_loss_weight,
+            variance_weight=p.variance_loss_weight,
+            covariance_weight=p.covariance_loss_weight,
+            eps=p.variance_loss_epsilon,
+        ),
+        "barlow": _as_terms(functools.partial(losses.barlow_twins_loss, off_diagonal_weight=p.barlow_lambda)),
+        "neg_cos": _as_terms(losses.negative_cosine_loss),
+    }
+    return PairFunctionCriterion(**common, fn=pair_functions[p.loss_type])

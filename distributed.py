@@ -41,7 +41,7 @@ class _GatherWithGrad(torch.autograd.Function):
         grad = grad.contiguous()
         dist.all_reduce(grad)
         size = grad.shape[0] // dist.get_world_size()
-        return grad[dist.get_rank() * size: (dist.get_rank() + 1) * size]
+        return grad[dist.get_rank() * size : (dist.get_rank() + 1) * size]
 
 
 def gather_with_grad(x: Tensor) -> Tensor:
@@ -59,6 +59,26 @@ def gather(x: Tensor) -> Tensor:
     return torch.cat(parts)
 
 
+@torch.no_grad()
+def all_reduce_sum(x: Tensor) -> Tensor:
+    """Sum of ``x`` over processes (a new tensor; ``x`` itself in a single process)."""
+    if not is_distributed():
+        return x
+    x = x.clone()
+    dist.all_reduce(x)
+    return x
+
+
+@torch.no_grad()
+def all_reduce_max(x: Tensor) -> Tensor:
+    """Element-wise maximum of ``x`` over processes (``x`` itself in a single process)."""
+    if not is_distributed():
+        return x
+    x = x.clone()
+    dist.all_reduce(x, op=dist.ReduceOp.MAX)
+    return x
+
+
 _warned_single_process_shuffle = False
 
 
@@ -72,7 +92,9 @@ def batch_shuffle(x: Tensor) -> Tuple[Tensor, Tensor]:
     if not is_distributed():
         global _warned_single_process_shuffle
         if not _warned_single_process_shuffle:
-            warnings.warn("shuffle_batch_norm has no effect in a single process (it shuffles across processes)")
+            warnings.warn(
+                "shuffle_batch_norm has no effect in a single process (it shuffles across processes)", stacklevel=2
+            )
             _warned_single_process_shuffle = True
         return x, torch.arange(x.shape[0], device=x.device)
     full = gather(x)

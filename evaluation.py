@@ -14,7 +14,7 @@ from torch import Tensor
 def half_split(num_samples: int, seed: int) -> Tuple[np.ndarray, np.ndarray]:
     """A fixed random split of sample indices into two halves (validation sets are often sorted by class)."""
     order = np.random.default_rng(seed).permutation(num_samples)
-    return order[: num_samples // 2], order[num_samples // 2:]
+    return order[: num_samples // 2], order[num_samples // 2 :]
 
 
 def logistic_regression_probe(embeddings: Tensor, labels: Tensor, seed: int) -> Optional[Tuple[float, float]]:
@@ -31,8 +31,10 @@ def logistic_regression_probe(embeddings: Tensor, labels: Tensor, seed: int) -> 
         return None
     scaler = StandardScaler().fit(x[fit])
     classifier = LogisticRegression(max_iter=1000).fit(scaler.transform(x[fit]), y[fit])
-    return (100.0 * classifier.score(scaler.transform(x[fit]), y[fit]),
-            100.0 * classifier.score(scaler.transform(x[held_out]), y[held_out]))
+    return (
+        100.0 * classifier.score(scaler.transform(x[fit]), y[fit]),
+        100.0 * classifier.score(scaler.transform(x[held_out]), y[held_out]),
+    )
 
 
 def concat_outputs(outputs: list[Tuple[Tensor, Tensor]]) -> Tuple[Tensor, Tensor]:

@@ -7,7 +7,7 @@ Contrastive losses take the similarities of each anchor with its positive, ``pos
 from __future__ import annotations
 
 import math
-from typing import Dict, Tuple
+from typing import Callable, Dict, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -60,8 +60,9 @@ def inner_product_loss(pos: Tensor, neg: Tensor) -> Tensor:
     return ((1 - _fp32(pos)) + (1 + _fp32(neg)).sum(dim=1)).mean()
 
 
-def vicreg_loss(z_a: Tensor, z_b: Tensor, invariance_weight: float, variance_weight: float,
-                covariance_weight: float, eps: float) -> Dict[str, Tensor]:
+def vicreg_loss(
+    z_a: Tensor, z_b: Tensor, invariance_weight: float, variance_weight: float, covariance_weight: float, eps: float
+) -> Dict[str, Tensor]:
     """VICReg (Bardes et al. 2021, arXiv:2105.04906) on raw embeddings z_a, z_b [N, D].
 
     invariance = MSE(z_a, z_b); variance = sum over both branches of mean_j relu(1 - sqrt(Var(z_j) + eps))
@@ -112,3 +113,88 @@ def positive_negative_cosine(query: Tensor, key: Tensor) -> Tuple[Tensor, Tensor
     diagonal = (q * k).sum(dim=1)
     off_diagonal = (q.sum(dim=0) @ k.sum(dim=0) - diagonal.sum()) / max(b * (b - 1), 1)
     return diagonal.mean(), off_diagonal
+
+
+def barlow_twins_loss(z_a: Tensor, z_b: Tensor, off_diagonal_weight: float, eps: float = 1e-5) -> Tensor:
+    """Barlow Twins (Zbontar et al. 2021, arXiv:2103.03230) on z_a, z_b [N, D].
+
+    Each feature is standardized over the batch (biased variance, as BatchNorm without affine), C = z_a^T z_b / N is
+    the [D, D] cross-correlation, and L = sum_i (1 - C_ii)^2 + lambda * sum_{i != j} C_ij^2. Collapsed inputs give
+    C = 0, i.e. L = D.
+    """
+    z_a, z_b = _fp32(z_a), _fp32(z_b)
+    n = z_a.shape[0]
+    standardize = lambda z: (z - z.mean(dim=0)) / torch.sqrt(z.var(dim=0, unbiased=False) + eps)  # noqa: E731
+    c = standardize(z_a).T @ standardize(z_b) / n
+    on_diagonal = (1 - c.diagonal()).pow(2).sum()
+    return on_diagonal + off_diagonal_weight * (c.pow(2).sum() - c.diagonal().pow(2).sum())
+
+
+def negative_cosine_loss(p: Tensor, z: Tensor) -> Tensor:
+    """SimSiam's D(p, z) = -cos(p, z) averaged over the batch (Chen & He 2020, arXiv:2011.10566); p, z [B, D].
+
+    The stop-gradient on z is the caller's (the target network); -1 for aligned, 0 for orthogonal vectors.
+    """
+    return -F.cosine_similarity(_fp32(p), _fp32(z), dim=1).mean()
+
+
+def cross_entropy_with_soft_targets(target_probs: Tensor, logits: Tensor, temperature: float) -> Tensor:
+    """-sum_k P_k log softmax(logits / T)_k, mean over the batch; target_probs, logits [B, K] (DINO, SwAV)."""
+    return -(target_probs * F.log_softmax(_fp32(logits) / temperature, dim=1)).sum(dim=1).mean()
+
+
+def dino_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    center: Tensor,
+    student_temperature: float,
+    teacher_temperature: float,
+) -> Tensor:
+    """DINO (Caron et al. 2021, arXiv:2104.14294): H(softmax((t - c)/T_t), softmax(s/T_s)), mean over the batch.
+
+    student_logits, teacher_logits [B, K]; center [K]. The teacher side carries no gradient. All-zero logits give
+    log K.
+    """
+    teacher_probs = F.softmax((_fp32(teacher_logits) - center) / teacher_temperature, dim=1).detach()
+    return cross_entropy_with_soft_targets(teacher_probs, student_logits, student_temperature)
+
+
+def _same(x: Tensor) -> Tensor:
+    return x
+
+
+@torch.no_grad()
+def sinkhorn_knopp(
+    scores: Tensor,
+    epsilon: float,
+    iterations: int,
+    sum_over_processes: Callable[[Tensor], Tensor] = _same,
+    max_over_processes: Callable[[Tensor], Tensor] = _same,
+) -> Tensor:
+    """SwAV codes (Caron et al. 2020, arXiv:2006.09882): an equipartitioned soft assignment of B samples to K
+    prototypes from scores [B, K], computed in fp32. Rows of the result sum to 1; columns to B/K.
+
+    Under DDP the two reductions make the partition constraint hold over the global batch; the exponent is shifted
+    by the global maximum score (it cancels in the normalizations, and exp(s / 0.05) overflows otherwise).
+    """
+    scores = _fp32(scores)
+    q = torch.exp((scores - max_over_processes(scores.max())) / epsilon).T  # [K, B]
+    total_batch = sum_over_processes(torch.tensor(float(q.shape[1]), device=q.device))
+    num_prototypes = q.shape[0]
+    q /= sum_over_processes(q.sum())
+    for _ in range(iterations):
+        q /= sum_over_processes(q.sum(dim=1, keepdim=True)) * num_prototypes  # each prototype gets 1/K of the mass
+        q /= q.sum(dim=0, keepdim=True) * total_batch  # each sample gets 1/B of the mass
+    return (q * total_batch).T  # [B, K], rows sum to 1
+
+
+def supervised_contrastive_loss(similarity: Tensor, positive_mask: Tensor, temperature: float) -> Tensor:
+    """SupCon L_out (Khosla et al. 2020, arXiv:2004.11362): for each anchor the mean over its positives of
+    -log(exp(s_p/T) / sum_a exp(s_a/T)); mean over anchors. similarity [B, N] against all candidates except the
+    anchor itself; positive_mask [B, N] bool (same label). Anchors without positives are skipped."""
+    log_probs = F.log_softmax(_fp32(similarity) / temperature, dim=1)
+    positives = positive_mask.float()
+    count = positives.sum(dim=1)
+    has_positive = count > 0
+    per_anchor = -(log_probs * positives).sum(dim=1)[has_positive] / count[has_positive]
+    return per_anchor.mean()

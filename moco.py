@@ -55,11 +55,16 @@ class SelfSupervisedMethod(pl.LightningModule):
     None), ``criterion``. ``model(x)`` / ``self(x)`` returns encoder embeddings [B, embedding_dim].
     """
 
-    def __init__(self, params: Union[ModelParams, Mapping[str, Any], None] = None, *,
-                 backbone: Optional[nn.Module] = None,
-                 view_transforms: Union[Callable[..., Tensor], Sequence[Callable[..., Tensor]], None] = None,
-                 train_dataset: Optional[Dataset] = None, val_dataset: Optional[Dataset] = None,
-                 **overrides: Any) -> None:
+    def __init__(
+        self,
+        params: Union[ModelParams, Mapping[str, Any], None] = None,
+        *,
+        backbone: Optional[nn.Module] = None,
+        view_transforms: Union[Callable[..., Tensor], Sequence[Callable[..., Tensor]], None] = None,
+        train_dataset: Optional[Dataset] = None,
+        val_dataset: Optional[Dataset] = None,
+        **overrides: Any,
+    ) -> None:
         super().__init__()
         params = make_params(params, **overrides)
         self.params = params
@@ -68,22 +73,46 @@ class SelfSupervisedMethod(pl.LightningModule):
         self._train_dataset, self._val_dataset = train_dataset, val_dataset
 
         self.model = backbone if backbone is not None else utils.get_encoder(params.encoder_arch, self.cifar_stem)
+        if params.encoder_layer is not None:
+            self.model = utils.HiddenLayerEncoder(self.model, params.encoder_layer)
         measured = utils.encoder_output_dim(self.model, data.crop_size(params))
         if measured != params.embedding_dim:
             source = "the backbone" if backbone is not None else f"encoder_arch {params.encoder_arch!r}"
-            raise ValueError(f"ModelParams.embedding_dim is {params.embedding_dim} but {source} outputs {measured} "
-                             f"features; set embedding_dim={measured}")
-        self.projection_model = utils.MLP(params.embedding_dim, params.dim, params.mlp_hidden_dim,
-                                          params.projection_mlp_layers, params.mlp_normalization,
-                                          params.use_mlp_weight_standardization)
-        self.prediction_model = utils.MLP(params.dim, params.dim, params.mlp_hidden_dim,
-                                          params.prediction_mlp_layers, params.resolved_prediction_mlp_normalization,
-                                          params.use_mlp_weight_standardization)
+            raise ValueError(
+                f"ModelParams.embedding_dim is {params.embedding_dim} but {source} outputs {measured} "
+                f"features; set embedding_dim={measured}"
+            )
+        # DINO's prototype layer ends the projection head, so the teacher's EMA covers it; SwAV's prototypes belong
+        # to its criterion (no EMA copy, and the feature queue is scored with the current prototypes).
+        self.projection_model = utils.MLP(
+            params.embedding_dim,
+            params.dim,
+            params.mlp_hidden_dim,
+            params.projection_mlp_layers,
+            params.mlp_normalization,
+            params.use_mlp_weight_standardization,
+            params.mlp_activation,
+            params.projection_output_batch_norm,
+            num_prototypes=params.num_prototypes if params.loss_type == "dino" else 0,
+        )
+        head_dim = params.num_prototypes if params.loss_type == "dino" else params.dim
+        self.prediction_model = utils.MLP(
+            head_dim,
+            head_dim,
+            params.resolved_prediction_mlp_hidden_dim,
+            params.prediction_mlp_layers,
+            params.resolved_prediction_mlp_normalization,
+            params.use_mlp_weight_standardization,
+            params.mlp_activation,
+        )
         self.criterion = build_criterion(params)
+        # Prototypes get no update during the first epochs (DINO's frozen last layer, SwAV's frozen prototypes).
+        self.prototype_layers = [m for m in self.modules() if isinstance(m, utils.PrototypeLayer)]
         self.query_views = self.criterion.query_views
         if params.use_lagging_model:
-            self.target: nn.Module = components.MomentumTarget(self.model, self.projection_model,
-                                                               self.criterion.key_views, params.shuffle_batch_norm)
+            self.target: nn.Module = components.MomentumTarget(
+                self.model, self.projection_model, self.criterion.key_views, params.shuffle_batch_norm
+            )
             self.online_views = self.query_views
         else:
             self.target = components.OnlineTarget(self.criterion.key_views, params.use_target_stop_gradient)
@@ -91,12 +120,16 @@ class SelfSupervisedMethod(pl.LightningModule):
         self.queue = components.Queue(params.dim, params.K) if params.uses_queue else None
         self.enqueued_view = self.criterion.pairs[0][1]  # the key view of the first pair feeds the queue (as MoCo)
         self.gather_keys: Callable[[Tensor], Tensor] = (
-            distributed.gather if params.gather_keys_for_queue else components.identity)
+            distributed.gather if params.gather_keys_for_queue else components.identity
+        )
         self.normalize: components.Normalizer = (
-            components.unit_sphere if params.use_unit_sphere_projection else components.identity)
-        self.momentum_schedule = components.MomentumSchedule(params.m, 1.0 if params.use_momentum_schedule else params.m)
+            components.unit_sphere if params.use_unit_sphere_projection else components.identity
+        )
+        self.momentum_schedule = components.MomentumSchedule(
+            params.m, 1.0 if params.use_momentum_schedule else params.m
+        )
 
-        self._keys_to_enqueue: Optional[Tensor] = None
+        self._step_keys: List[Optional[Tensor]] = []  # this step's keys, consumed after the optimizer step
         self._last_ema_step = -1
         self._total_steps = 1  # optimizer steps of the whole run, known once the Trainer is attached
         self._validation_outputs: List[Tuple[Tensor, Tensor]] = []
@@ -118,17 +151,19 @@ class SelfSupervisedMethod(pl.LightningModule):
 
     # --- training ----------------------------------------------------------------------------------------------------
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        views, _ = batch
+        views, labels = batch
         projections = self._online_projections(views)
         queries = self._queries(projections)
         keys = [None if k is None else self.normalize(k) for k in self.target(views, projections)]
-        out = self.criterion(queries, keys, None if self.queue is None else self.queue.keys)
-        self._keys_to_enqueue = keys[self.enqueued_view]
+        out = self.criterion(queries, keys, None if self.queue is None else self.queue.keys, labels)
+        self._step_keys = keys
         batch_size = views[0].shape[0]
         self.log("step_train_loss", out.loss.detach(), prog_bar=True, batch_size=batch_size)
         self.log_dict(out.metrics, batch_size=batch_size)
-        self.log_dict({"m": self.current_momentum(), "T": self.params.T,
-                       "lr": self.trainer.optimizers[0].param_groups[0]["lr"]}, batch_size=batch_size)
+        self.log_dict(
+            {"m": self.current_momentum(), "T": self.params.T, "lr": self.trainer.optimizers[0].param_groups[0]["lr"]},
+            batch_size=batch_size,
+        )
         return out.loss
 
     def _online_projections(self, views: Sequence[Tensor]) -> List[Optional[Tensor]]:
@@ -141,10 +176,19 @@ class SelfSupervisedMethod(pl.LightningModule):
         predictions = self.normalize(self.prediction_model(z)).chunk(len(self.query_views))
         return _place(self.query_views, predictions, len(projections))
 
+    def on_after_backward(self) -> None:
+        if self.current_epoch < self.params.freeze_prototypes_epochs:
+            for layer in self.prototype_layers:
+                layer.weight.grad = None  # the optimizer skips it: no momentum, no weight decay
+
+    def on_train_epoch_start(self) -> None:
+        self.criterion.set_epoch(self.current_epoch)
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.queue is not None and self._keys_to_enqueue is not None:
-            self.queue.enqueue(self.gather_keys(self._keys_to_enqueue.detach()))
-        self._keys_to_enqueue = None
+        keys, self._step_keys = self._step_keys, []
+        if self.queue is not None:
+            self.queue.enqueue(self.gather_keys(keys[self.enqueued_view].detach()))
+        self.criterion.after_step(keys)
         # Only after a real optimizer step (not on gradient-accumulation micro-batches).
         if self.trainer.global_step != self._last_ema_step:
             self._last_ema_step = self.trainer.global_step
@@ -159,19 +203,29 @@ class SelfSupervisedMethod(pl.LightningModule):
     def on_fit_start(self) -> None:
         params = self.params
         if self.trainer.max_epochs not in (None, -1, params.max_epochs):
-            warnings.warn(f"Trainer max_epochs={self.trainer.max_epochs} differs from ModelParams.max_epochs="
-                          f"{params.max_epochs}; the learning-rate and momentum schedules follow the Trainer")
+            warnings.warn(
+                f"Trainer max_epochs={self.trainer.max_epochs} differs from ModelParams.max_epochs="
+                f"{params.max_epochs}; the learning-rate and momentum schedules follow the Trainer",
+                stacklevel=2,
+            )
         global_batch = params.batch_size * self.trainer.world_size
         if params.uses_queue and params.gather_keys_for_queue and params.K % global_batch != 0:
-            raise ValueError(f"ModelParams.K={params.K} must be a multiple of the global batch "
-                             f"{global_batch} (batch_size {params.batch_size} x {self.trainer.world_size} "
-                             "processes) with gather_keys_for_queue")
+            raise ValueError(
+                f"ModelParams.K={params.K} must be a multiple of the global batch "
+                f"{global_batch} (batch_size {params.batch_size} x {self.trainer.world_size} "
+                "processes) with gather_keys_for_queue"
+            )
 
     def configure_optimizers(self) -> Dict[str, Any]:
         params = self.params
         self._total_steps = int(self.trainer.estimated_stepping_batches)
-        groups = components.parameter_groups(self, params.weight_decay, params.exclude_matching_parameters_from_lars,
-                                             params.exclude_bias_and_norm_from_lars)
+        groups = components.parameter_groups(
+            self,
+            params.weight_decay,
+            params.exclude_matching_parameters_from_lars,
+            params.exclude_bias_and_norm_from_lars,
+            constant_lr_modules=[self.prediction_model] if params.use_constant_prediction_lr else [],
+        )
         optimizer: torch.optim.Optimizer
         if params.optimizer_name == "lars":
             optimizer = LARS(groups, lr=params.lr, momentum=params.momentum, eta=params.lars_eta)
@@ -180,9 +234,13 @@ class SelfSupervisedMethod(pl.LightningModule):
         else:
             optimizer = torch.optim.SGD(groups, lr=params.lr, momentum=params.momentum)
             warmup_steps = 0
-        schedule = components.WarmupCosineSchedule(warmup_steps, self._total_steps,
-                                                   params.final_lr_schedule_value / params.lr)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        schedule = components.WarmupCosineSchedule(
+            warmup_steps, self._total_steps, params.final_lr_schedule_value / params.lr
+        )
+        constant = components.WarmupCosineSchedule(0, self._total_steps, 1.0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, [constant if group["constant_lr"] else schedule for group in groups]
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # --- validation: a linear probe on frozen encoder embeddings ------------------------------------------------------
@@ -199,7 +257,7 @@ class SelfSupervisedMethod(pl.LightningModule):
         if accuracies is not None:
             self.log_dict({"train_class_acc": accuracies[0], "valid_class_acc": accuracies[1]})
 
-    # --- data ----------------------------------------------------------------------------------------------------------
+    # --- data ---------------------------------------------------------------------------------------------------------
     def prepare_data(self) -> None:
         if self._train_dataset is None:
             data.pretrain_datasets(self.params, self._view_transforms)  # downloads once, on one process per node
@@ -211,12 +269,26 @@ class SelfSupervisedMethod(pl.LightningModule):
     def train_dataloader(self) -> DataLoader:
         assert self._train_dataset is not None
         p = self.params
-        return data.make_loader(self._train_dataset, batch_size=p.batch_size, shuffle=True, drop_last=p.drop_last_batch,
-                                num_workers=p.num_data_workers, pin_memory=p.pin_data_memory, seed=p.data_seed)
+        return data.make_loader(
+            self._train_dataset,
+            batch_size=p.batch_size,
+            shuffle=True,
+            drop_last=p.drop_last_batch,
+            num_workers=p.num_data_workers,
+            pin_memory=p.pin_data_memory,
+            seed=p.data_seed,
+        )
 
     def val_dataloader(self) -> DataLoader:
         if self._val_dataset is None:
             return []  # type: ignore[return-value]
         p = self.params
-        return data.make_loader(self._val_dataset, batch_size=p.batch_size, shuffle=False, drop_last=False,
-                                num_workers=p.num_data_workers, pin_memory=p.pin_data_memory, seed=p.data_seed)
+        return data.make_loader(
+            self._val_dataset,
+            batch_size=p.batch_size,
+            shuffle=False,
+            drop_last=False,
+            num_workers=p.num_data_workers,
+            pin_memory=p.pin_data_memory,
+            seed=p.data_seed,
+        )

@@ -13,16 +13,26 @@ from __future__ import annotations
 import argparse
 import os
 import typing
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import attr
 import pytorch_lightning as pl
 
-from model_params import PRESETS, ModelParams, make_params
 from moco import SelfSupervisedMethod
+from model_params import PRESETS, ModelParams
 
-TRAINER_FLAGS = ("accelerator", "devices", "strategy", "num_nodes", "precision", "limit_train_batches",
-                 "limit_val_batches", "log_every_n_steps", "accumulate_grad_batches", "max_steps")
+TRAINER_FLAGS = (
+    "accelerator",
+    "devices",
+    "strategy",
+    "num_nodes",
+    "precision",
+    "limit_train_batches",
+    "limit_val_batches",
+    "log_every_n_steps",
+    "accumulate_grad_batches",
+    "max_steps",
+)
 
 
 def parse_bool(text: str) -> bool:
@@ -47,8 +57,10 @@ def _add_field(parser: argparse.ArgumentParser, field: attr.Attribute, annotatio
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     optional = origin is typing.Union and type(None) in args
     base = next(a for a in args if a is not type(None)) if optional else annotation
-    kwargs: Dict[str, Any] = dict(default=argparse.SUPPRESS, help=f"(default: {field.default!r})"
-                                  if not isinstance(field.default, attr.Factory) else "(default: [])")
+    kwargs: Dict[str, Any] = dict(
+        default=argparse.SUPPRESS,
+        help=f"(default: {field.default!r})" if not isinstance(field.default, attr.Factory) else "(default: [])",
+    )
     base_origin = typing.get_origin(base)
     if base_origin in (tuple, typing.Tuple):
         kwargs.update(nargs=len(typing.get_args(base)), type=float, metavar=("LOW", "HIGH"))

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
@@ -19,8 +20,10 @@ def _classifier_attribute(model: nn.Module) -> str:
     for name in ("fc", "classifier", "head", "heads"):
         if isinstance(getattr(model, name, None), nn.Module):
             return name
-    raise ValueError(f"encoder {type(model).__name__} has no classifier attribute (fc, classifier, head or heads) "
-                     "to replace by Identity")
+    raise ValueError(
+        f"encoder {type(model).__name__} has no classifier attribute (fc, classifier, head or heads) "
+        "to replace by Identity"
+    )
 
 
 def get_encoder(arch: str, cifar_stem: bool = False) -> nn.Module:
@@ -38,8 +41,9 @@ def get_encoder(arch: str, cifar_stem: bool = False) -> nn.Module:
     setattr(model, _classifier_attribute(model), nn.Identity())
     if cifar_stem:
         if not isinstance(getattr(model, "conv1", None), nn.Conv2d) or not hasattr(model, "maxpool"):
-            raise ValueError(f"the CIFAR stem replaces conv1 and maxpool, which {arch!r} does not have; "
-                             "set use_cifar_stem=False")
+            raise ValueError(
+                f"the CIFAR stem replaces conv1 and maxpool, which {arch!r} does not have; set use_cifar_stem=False"
+            )
         model.conv1 = conv(3, model.conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
         model.maxpool = nn.Identity()
     return model
@@ -73,32 +77,112 @@ def mlp_normalization(name: Optional[str], width: int) -> nn.Module:
     return factories[name]()
 
 
-class MLP(nn.Module):
-    """Projection / prediction head: 0 layers = Identity, 1 = Linear, n = (n-1) x [Linear, norm, ReLU] + Linear.
+class PrototypeLayer(nn.Module):
+    """Cosine scores of L2-normalized inputs [B, D] against K L2-normalized prototype vectors: [B, K].
 
-    Weight standardization (``ws=True``) applies to the hidden layers only; the output layer stays a plain Linear.
+    Normalizing the weights in the forward pass is DINO's weight-normalized last layer with its norm fixed to 1 and
+    keeps SwAV's prototypes on the unit sphere (Caron et al. 2020 arXiv:2006.09882, 2021 arXiv:2104.14294).
     """
 
-    def __init__(self, input_dim: int, output_dim: int, hidden_dim: int, num_layers: int,
-                 normalization: Optional[str] = None, ws: bool = False) -> None:
+    def __init__(self, dim: int, num_prototypes: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_prototypes, dim))
+        nn.init.trunc_normal_(self.weight, std=0.02)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.normalize(x, dim=1) @ F.normalize(self.weight, dim=1).T
+
+
+ACTIVATIONS: Dict[str, Callable[[], nn.Module]] = {"relu": lambda: nn.ReLU(inplace=True), "gelu": nn.GELU}
+
+
+class MLP(nn.Module):
+    """Projection / prediction head: 0 layers = Identity, 1 = Linear, n = (n-1) x [Linear, norm, act] + Linear.
+
+    Weight standardization (``ws``) applies to the hidden layers only. ``output_batch_norm`` appends a BatchNorm
+    without affine parameters (SimSiam, MoCo v3, SimCLR v2); ``num_prototypes`` appends a :class:`PrototypeLayer`
+    (DINO's head), so the output width becomes ``num_prototypes``.
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        output_dim: int,
+        hidden_dim: int,
+        num_layers: int,
+        normalization: Optional[str] = None,
+        ws: bool = False,
+        activation: str = "relu",
+        output_batch_norm: bool = False,
+        num_prototypes: int = 0,
+    ) -> None:
         super().__init__()
         if num_layers == 0:
             if input_dim != output_dim:
-                raise ValueError(f"a 0-layer MLP is the identity, so input_dim ({input_dim}) must equal "
-                                 f"output_dim ({output_dim})")
-            self.net: nn.Module = nn.Identity()
-            return
-        linear = ws_resnet.WSLinear if ws else nn.Linear
-        layers: list[nn.Module] = []
-        width = input_dim
-        for _ in range(num_layers - 1):
-            layers += [linear(width, hidden_dim), mlp_normalization(normalization, hidden_dim), nn.ReLU(inplace=True)]
-            width = hidden_dim
-        layers.append(nn.Linear(width, output_dim))
-        self.net = nn.Sequential(*layers)
+                raise ValueError(
+                    f"a 0-layer MLP is the identity, so input_dim ({input_dim}) must equal output_dim ({output_dim})"
+                )
+            layers: list[nn.Module] = [nn.Identity()]
+        else:
+            linear = ws_resnet.WSLinear if ws else nn.Linear
+            layers = []
+            width = input_dim
+            for _ in range(num_layers - 1):
+                layers += [
+                    linear(width, hidden_dim),
+                    mlp_normalization(normalization, hidden_dim),
+                    ACTIVATIONS[activation](),
+                ]
+                width = hidden_dim
+            layers.append(nn.Linear(width, output_dim))
+        if output_batch_norm:
+            layers.append(nn.BatchNorm1d(output_dim, affine=False))
+        self.net: nn.Module = layers[0] if len(layers) == 1 else nn.Sequential(*layers)
+        if num_prototypes:
+            self.prototypes = PrototypeLayer(output_dim, num_prototypes)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
+        x = self.net(x)
+        return self.prototypes(x) if hasattr(self, "prototypes") else x
+
+
+class HiddenLayerEncoder(nn.Module):
+    """The output of one submodule of ``encoder`` as the representation, without model surgery (as byol-pytorch):
+    a forward hook captures it and stops the forward pass there, so later layers cost nothing.
+
+    ``layer`` is a submodule name (``"layer3"``, ``"features.7"``) or an integer index into the direct children.
+    The output is flattened to [B, features].
+    """
+
+    class _Captured(Exception):
+        def __init__(self, output: Tensor) -> None:
+            self.output = output
+
+    def __init__(self, encoder: nn.Module, layer: str) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.layer = layer
+        children = list(encoder.children())
+        try:
+            target = children[int(layer)] if layer.lstrip("-").isdigit() else encoder.get_submodule(layer)
+        except (IndexError, AttributeError) as error:
+            names = [name for name, _ in encoder.named_modules() if name]
+            raise ValueError(
+                f"ModelParams.encoder_layer: {layer!r} is not a submodule of the encoder nor an index "
+                f"into its {len(children)} children; submodules: {', '.join(names[:40])}"
+            ) from error
+        target.register_forward_hook(self._stop)
+
+    @staticmethod
+    def _stop(module: nn.Module, inputs: Any, output: Tensor) -> None:
+        raise HiddenLayerEncoder._Captured(output)
+
+    def forward(self, x: Tensor) -> Tensor:
+        try:
+            self.encoder(x)
+        except HiddenLayerEncoder._Captured as captured:
+            return captured.output.flatten(1)
+        raise RuntimeError(f"encoder_layer {self.layer!r} was not reached by the encoder's forward pass")
 
 
 @torch.no_grad()

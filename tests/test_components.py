@@ -9,7 +9,7 @@ from torch import nn
 import components
 import utils
 from moco import SelfSupervisedMethod
-from model_params import BYOLParams, ModelParams
+from model_params import BYOLParams
 
 
 def test_queue_enqueue_and_wrap_around_by_exact_columns():
@@ -79,8 +79,9 @@ def test_warmup_cosine_schedule(step, expected):
 
 def test_cosine_schedule_without_warmup_is_per_step():
     schedule = components.WarmupCosineSchedule(0, 4, 0.0)
-    assert [schedule(s) for s in range(5)] == pytest.approx([1.0, (1 + math.cos(math.pi / 4)) / 2, 0.5,
-                                                             (1 + math.cos(3 * math.pi / 4)) / 2, 0.0])
+    assert [schedule(s) for s in range(5)] == pytest.approx(
+        [1.0, (1 + math.cos(math.pi / 4)) / 2, 0.5, (1 + math.cos(3 * math.pi / 4)) / 2, 0.0]
+    )
 
 
 def test_byol_preset_excludes_every_bias_and_norm_parameter_by_identity():
@@ -88,10 +89,16 @@ def test_byol_preset_excludes_every_bias_and_norm_parameter_by_identity():
     model = SelfSupervisedMethod(params)
     regular, excluded = components.parameter_groups(model, params.weight_decay, [], True)
     excluded_ids = {id(p) for p in excluded["params"]}
-    must_exclude = [model.model.bn1.weight, model.model.bn1.bias, model.model.layer2[0].downsample[1].weight,
-                    model.model.layer2[0].downsample[1].bias, model.projection_model.net[1].weight,
-                    model.projection_model.net[0].bias, model.prediction_model.net[1].weight,
-                    model.prediction_model.net[2].bias]
+    must_exclude = [
+        model.model.bn1.weight,
+        model.model.bn1.bias,
+        model.model.layer2[0].downsample[1].weight,
+        model.model.layer2[0].downsample[1].bias,
+        model.projection_model.net[1].weight,
+        model.projection_model.net[0].bias,
+        model.prediction_model.net[1].weight,
+        model.prediction_model.net[2].bias,
+    ]
     assert all(id(p) in excluded_ids for p in must_exclude)
     regular_ids = {id(p) for p in regular["params"]}
     assert id(model.model.conv1.weight) in regular_ids and id(model.projection_model.net[0].weight) in regular_ids

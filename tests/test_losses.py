@@ -17,6 +17,7 @@ def unit(*shape: int, seed: int = 0) -> torch.Tensor:
 
 # --- InfoNCE / EqCo ------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("K", [1, 16, 65536])
 def test_info_nce_all_equal_logits_is_log_k_plus_1(K):
     pos = torch.full((4,), 0.3)
@@ -34,7 +35,9 @@ def test_info_nce_perfect_positive_orthogonal_queue():
 def test_eqco_alpha_equal_to_negative_count_is_info_nce():
     q, k, queue = unit(8, 16), unit(8, 16, seed=1), unit(32, 16, seed=2)
     pos, neg = (q * k).sum(1), q @ queue.T
-    assert losses.eqco_loss(pos, neg, 0.2, alpha=32).item() == pytest.approx(losses.info_nce_loss(pos, neg, 0.2).item(), abs=1e-12)
+    assert losses.eqco_loss(pos, neg, 0.2, alpha=32).item() == pytest.approx(
+        losses.info_nce_loss(pos, neg, 0.2).item(), abs=1e-12
+    )
 
 
 def test_eqco_matches_original_factor_form_and_positive_margin():
@@ -49,7 +52,8 @@ def test_eqco_matches_original_factor_form_and_positive_margin():
     assert losses.eqco_loss(pos, neg, T, alpha).item() == pytest.approx(reference.item(), abs=1e-10)
     margin = T * math.log(f)  # EqCo = InfoNCE with the positive shifted by -T log(alpha/K)
     assert losses.eqco_loss(pos, neg, T, alpha).item() == pytest.approx(
-        losses.info_nce_loss(pos - margin, neg, T).item(), abs=1e-10)
+        losses.info_nce_loss(pos - margin, neg, T).item(), abs=1e-10
+    )
 
 
 def test_eqco_is_stable_where_the_original_form_overflows():
@@ -60,6 +64,7 @@ def test_eqco_is_stable_where_the_original_form_overflows():
 
 
 # --- BCE / inner product -----------------------------------------------------------------------------------------
+
 
 def test_binary_contrastive_loss_by_hand():
     pos, neg = torch.tensor([0.5]), torch.tensor([[0.1, -0.2]])
@@ -82,6 +87,7 @@ def test_byol_loss_per_ordering_aligned_orthogonal_opposite(cos, expected):
 
 
 # --- NT-Xent (SimCLR) ----------------------------------------------------------------------------------------------
+
 
 def nt_xent_reference(z1: torch.Tensor, z2: torch.Tensor, T: float) -> float:
     """SimCLR Algorithm 1 with explicit loops: 2B anchors, 2B-2 negatives each."""
@@ -132,9 +138,18 @@ def test_nt_xent_invariant_to_joint_permutation_and_scaling():
 
 # --- MoCo queue ----------------------------------------------------------------------------------------------------
 
+
 def test_moco_criterion_equals_reference_info_nce_against_queue():
     params = ModelParams(K=32, batch_size=8)
-    q, k, queue = unit(8, 16), unit(8, 16, seed=1), unit(16, 32, seed=2, )
+    q, k, queue = (
+        unit(8, 16),
+        unit(8, 16, seed=1),
+        unit(
+            16,
+            32,
+            seed=2,
+        ),
+    )
     queue = F.normalize(queue, dim=0)
     out = build_criterion(params)([q, None], [None, k], queue)
     logits = torch.cat([(q * k).sum(1, keepdim=True), q @ queue], 1) / params.T
@@ -159,6 +174,7 @@ def test_batch_negatives_cross_view_only_with_lagging_model():
 
 
 # --- VICReg --------------------------------------------------------------------------------------------------------
+
 
 def test_vicreg_constant_rows():
     z = torch.ones(16, 8) * 3.0
@@ -187,6 +203,7 @@ def test_vicreg_preset_criterion_and_permutation_invariance():
 
 
 # --- helpers -------------------------------------------------------------------------------------------------------
+
 
 def test_split_positive_and_accuracy():
     sim = torch.tensor([[0.9, 0.1, 0.2], [0.3, 0.2, 0.8]])

@@ -9,10 +9,10 @@ import attr
 import pytest
 import pytorch_lightning as pl
 import torch
-
 from helpers import cpu_trainer, tiny
-from model_params import PRESETS, BYOLParams, ModelParams, SimCLRParams, VICRegParams, make_params
+
 from moco import SelfSupervisedMethod
+from model_params import PRESETS, BYOLParams, ModelParams, SimCLRParams, VICRegParams, make_params
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -49,8 +49,11 @@ def test_constructor_forms_apply_every_override():
 
 
 def test_embedding_dim_is_checked_against_the_encoder():
-    with pytest.raises(ValueError, match=r"embedding_dim is 512 but encoder_arch 'resnet50' outputs 2048 features; "
-                                         r"set embedding_dim=2048"):
+    with pytest.raises(
+        ValueError,
+        match=r"embedding_dim is 512 but encoder_arch 'resnet50' outputs 2048 features; "
+        r"set embedding_dim=2048",
+    ):
         SelfSupervisedMethod(tiny(ModelParams, encoder_arch="resnet50"))
 
 
@@ -86,8 +89,9 @@ class Recorder(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         # Callbacks run before the module's own on_train_batch_end, i.e. after the optimizer step, before the EMA.
         self.target_after_step.append([p.detach().clone() for p in module.target.parameters()])
-        self.online_after_step.append([p.detach().clone() for m in (module.model, module.projection_model)
-                                       for p in m.parameters()])
+        self.online_after_step.append(
+            [p.detach().clone() for m in (module.model, module.projection_model) for p in m.parameters()]
+        )
         if module.queue is not None:
             self.queue_ptr.append(int(module.queue.ptr))
 
@@ -100,8 +104,9 @@ def test_ema_update_follows_each_optimizer_step_with_the_scheduled_momentum():
     total = 4
     for step in range(total - 1):
         m = 1 - (1 - params.m) * (1 + math.cos(math.pi * (step + 1) / total)) / 2
-        for before, online, after in zip(recorder.target_after_step[step], recorder.online_after_step[step],
-                                         recorder.target_before[step + 1]):
+        for before, online, after in zip(
+            recorder.target_after_step[step], recorder.online_after_step[step], recorder.target_before[step + 1]
+        ):
             assert torch.allclose(after, m * before + (1 - m) * online, atol=1e-6)
 
 
@@ -162,8 +167,16 @@ def test_single_process_distributed_flags_do_not_crash():
 def test_logged_metric_names():
     trainer = cpu_trainer(fast_dev_run=True)
     trainer.fit(SelfSupervisedMethod(tiny(ModelParams)))
-    assert {"step_train_loss", "step_pos_cos", "step_neg_cos", "step_train_acc1", "step_train_acc5", "m", "T",
-            "lr"} <= set(trainer.callback_metrics)
+    assert {
+        "step_train_loss",
+        "step_pos_cos",
+        "step_neg_cos",
+        "step_train_acc1",
+        "step_train_acc5",
+        "m",
+        "T",
+        "lr",
+    } <= set(trainer.callback_metrics)
     trainer = cpu_trainer(fast_dev_run=True)
     trainer.fit(SelfSupervisedMethod(tiny(VICRegParams)))
     assert {"loss_invariance", "loss_variance", "loss_covariance"} <= set(trainer.callback_metrics)

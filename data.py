@@ -70,9 +70,10 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 STL10_MEAN = (0.4467, 0.4398, 0.4066)
 STL10_STD = (0.2603, 0.2566, 0.2713)
-# Measured over 8192 images of SyntheticShapes (colours are uniform, so ~0.5 / ~0.3 for every size and seed).
-SYNTHETIC_MEAN = (0.5010, 0.5004, 0.5006)
-SYNTHETIC_STD = (0.3027, 0.3025, 0.3023)
+# SyntheticShapes, measured over 32768 images (4 seeds, 32 px; sizes differ by < 0.01): the mean is 0.5 by symmetry
+# (colours are uniform), and green varies most because the luminance-contrast rule weighs it most.
+SYNTHETIC_MEAN = (0.5, 0.5, 0.5)
+SYNTHETIC_STD = (0.293, 0.305, 0.292)
 
 _DEFAULTS = {name: field.default for name, field in attr.fields_dict(model_params.ModelParams).items()}
 
@@ -159,7 +160,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     """
     if image.mode in _HIGH_BIT_DEPTH_MODES:
         values = np.clip(np.asarray(image, dtype=np.int64), 0, 65535)
-        image = Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8), mode="L")
+        image = Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8))  # 2-D uint8: mode L
     if "A" in image.getbands() or "transparency" in image.info:
         image = Image.alpha_composite(Image.new("RGBA", image.size, _TRANSPARENT_BACKGROUND), image.convert("RGBA"))
     return image.convert("RGB")
@@ -418,8 +419,8 @@ def render_synthetic(label: int, size: int, rng: np.random.Generator) -> np.ndar
     angle = rng.uniform(0, 2 * math.pi) if free_rotation else rng.uniform(-_MAX_TILT, _MAX_TILT)
     mask = mask_of(*shape_coordinates(size, centre, radius, angle))
     image = np.where(mask[..., None], foreground, background)
-    image = image + rng.normal(0, rng.uniform(0, 0.1), image.shape)
-    return np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
+    image = image + rng.uniform(0, 0.1) * rng.standard_normal(image.shape, dtype=np.float32)
+    return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
 class SyntheticShapes(Dataset):

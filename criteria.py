@@ -23,6 +23,15 @@ PairLoss = Callable[[Tensor, Tensor], Tensor]
 Views = Sequence[Optional[Tensor]]
 
 
+class Step(NamedTuple):
+    """What a criterion sees of one training step."""
+
+    queries: Views  # one [B, D] online prediction per query view, None elsewhere
+    keys: Views  # one [B, D] target projection per key view, None elsewhere
+    memory: Optional[Tensor] = None  # queue of past keys [D, K]
+    labels: Optional[Tensor] = None  # [B] class labels, -1 where unknown (SupCon only)
+
+
 class LossOutput(NamedTuple):
     loss: Tensor
     metrics: Dict[str, Tensor]  # detached scalars, logged under these names
@@ -50,24 +59,18 @@ class PairwiseCriterion(nn.Module):
         self.reduce = torch.sum if reduction == "sum" else torch.mean
         self.factor = factor
 
-    def forward(self, queries: Views, keys: Views, memory: Optional[Tensor], labels: Tensor) -> LossOutput:
-        """queries/keys: one [B, D] entry per view (None where unused); memory: queue [D, K] or None; labels [B]."""
-        outputs = [self.pair_loss(queries[s], keys[t], s, t, queries, keys, memory, labels) for s, t in self.pairs]
+    def forward(
+        self, queries: Views, keys: Views, memory: Optional[Tensor] = None, labels: Optional[Tensor] = None
+    ) -> LossOutput:
+        """The combined loss of a step; see :class:`Step` for the arguments."""
+        step = Step(queries, keys, memory, labels)
+        outputs = [self.pair_loss(s, t, step) for s, t in self.pairs]
         loss = self.factor * self.reduce(torch.stack([out.loss for out in outputs]))
         metrics = {name: torch.stack([out.metrics[name] for out in outputs]).mean() for name in outputs[0].metrics}
         return LossOutput(loss, metrics)
 
-    def pair_loss(
-        self,
-        query: Tensor,
-        key: Tensor,
-        s: int,
-        t: int,
-        queries: Views,
-        keys: Views,
-        memory: Optional[Tensor],
-        labels: Tensor,
-    ) -> LossOutput:
+    def pair_loss(self, s: int, t: int, step: Step) -> LossOutput:
+        """The loss of query view ``s`` against key view ``t``."""
         raise NotImplementedError
 
     def set_epoch(self, epoch: int) -> None:
@@ -115,17 +118,8 @@ class ContrastiveCriterion(PairwiseCriterion):
         self.same_view_negatives = same_view_negatives
         self.gather = gather
 
-    def pair_loss(
-        self,
-        query: Tensor,
-        key: Tensor,
-        s: int,
-        t: int,
-        queries: Views,
-        keys: Views,
-        memory: Optional[Tensor],
-        labels: Tensor,
-    ) -> LossOutput:
+    def pair_loss(self, s: int, t: int, step: Step) -> LossOutput:
+        query, key = step.queries[s], step.keys[t]
         positive_index = own_rows(query.shape[0], query.device)
         negatives = []
         if self.batch_negatives:
@@ -133,11 +127,11 @@ class ContrastiveCriterion(PairwiseCriterion):
             negatives.append(cross_view)
         else:
             pos = (query * key).sum(dim=1)
-        same_view_keys = keys[s]
+        same_view_keys = step.keys[s]
         if self.same_view_negatives and same_view_keys is not None:
             negatives.append(losses.split_positive(query @ self.gather(same_view_keys).T, positive_index)[1])
-        if memory is not None:
-            negatives.append(query @ memory)  # [B, K]
+        if step.memory is not None:
+            negatives.append(query @ step.memory)  # [B, K]
         neg = torch.cat(negatives, dim=1) if negatives else query.new_zeros(query.shape[0], 0)
         metrics = cosine_metrics(query, key)
         if neg.shape[1] > 0:
@@ -168,18 +162,9 @@ class SupConCriterion(ContrastiveCriterion):
         )
         self.temperature = temperature
 
-    def pair_loss(
-        self,
-        query: Tensor,
-        key: Tensor,
-        s: int,
-        t: int,
-        queries: Views,
-        keys: Views,
-        memory: Optional[Tensor],
-        labels: Tensor,
-    ) -> LossOutput:
-        if bool((labels < 0).any()):
+    def pair_loss(self, s: int, t: int, step: Step) -> LossOutput:
+        query, key, labels = step.queries[s], step.keys[t], step.labels
+        if labels is None or bool((labels < 0).any()):
             raise ValueError(
                 "loss_type='supcon' needs a label for every training image, but the batch has "
                 "unlabeled samples (label -1); use a labelled dataset"
@@ -187,7 +172,7 @@ class SupConCriterion(ContrastiveCriterion):
         own = own_rows(query.shape[0], query.device)
         same_class = labels[:, None] == distributed.gather(labels)[None, :]  # [B, world*B]
         similarities, positives = [query @ self.gather(key).T], [same_class]
-        same_view_keys = keys[s]
+        same_view_keys = step.keys[s]
         if self.same_view_negatives and same_view_keys is not None:
             similarities.append(losses.split_positive(query @ self.gather(same_view_keys).T, own)[1])
             positives.append(losses.split_positive(same_class, own)[1])
@@ -213,17 +198,8 @@ class NNCLRCriterion(PairwiseCriterion):
         self.temperature = temperature
         self.gather = gather
 
-    def pair_loss(
-        self,
-        query: Tensor,
-        key: Tensor,
-        s: int,
-        t: int,
-        queries: Views,
-        keys: Views,
-        memory: Optional[Tensor],
-        labels: Tensor,
-    ) -> LossOutput:
+    def pair_loss(self, s: int, t: int, step: Step) -> LossOutput:
+        query, key, memory = step.queries[s], step.keys[t], step.memory
         assert memory is not None, "NNCLR needs its support set"
         with torch.no_grad():
             neighbours = memory.T[(key @ memory).argmax(dim=1)]  # [B, D]
@@ -248,17 +224,8 @@ class PairFunctionCriterion(PairwiseCriterion):
         super().__init__(pairs, reduction, factor)
         self.fn = fn
 
-    def pair_loss(
-        self,
-        query: Tensor,
-        key: Tensor,
-        s: int,
-        t: int,
-        queries: Views,
-        keys: Views,
-        memory: Optional[Tensor],
-        labels: Tensor,
-    ) -> LossOutput:
+    def pair_loss(self, s: int, t: int, step: Step) -> LossOutput:
+        query, key = step.queries[s], step.keys[t]
         terms = self.fn(query, key)
         metrics = {name: value.detach() for name, value in terms.items() if name != "loss"}
         return LossOutput(terms["loss"], {**metrics, **cosine_metrics(query, key)})
@@ -292,17 +259,8 @@ class DINOCriterion(PairwiseCriterion):
         progress = min(epoch / self.warmup_epochs, 1.0) if self.warmup_epochs > 0 else 1.0
         self.teacher_temperature = self.warmup_start + progress * (self.final_teacher_temperature - self.warmup_start)
 
-    def pair_loss(
-        self,
-        query: Tensor,
-        key: Tensor,
-        s: int,
-        t: int,
-        queries: Views,
-        keys: Views,
-        memory: Optional[Tensor],
-        labels: Tensor,
-    ) -> LossOutput:
+    def pair_loss(self, s: int, t: int, step: Step) -> LossOutput:
+        query, key = step.queries[s], step.keys[t]
         loss = losses.dino_loss(query, key, self.center, self.student_temperature, self.teacher_temperature)
         return LossOutput(
             loss, {**cosine_metrics(query, key), "teacher_temperature": torch.tensor(self.teacher_temperature)}
@@ -352,7 +310,9 @@ class SwAVCriterion(PairwiseCriterion):
     def set_epoch(self, epoch: int) -> None:
         self.queue_active = self.feature_queue.shape[1] > 0 and epoch >= self.queue_start_epoch
 
-    def forward(self, queries: Views, keys: Views, memory: Optional[Tensor], labels: Tensor) -> LossOutput:
+    def forward(
+        self, queries: Views, keys: Views, memory: Optional[Tensor] = None, labels: Optional[Tensor] = None
+    ) -> LossOutput:
         codes = [None if k is None else self._codes(i, k) for i, k in enumerate(keys)]
         return super().forward(queries, codes, memory, labels)
 
@@ -364,18 +324,9 @@ class SwAVCriterion(PairwiseCriterion):
             scores = torch.cat([scores, self.prototypes(queue)])
         return self.sinkhorn(scores)[: features.shape[0]]
 
-    def pair_loss(
-        self,
-        query: Tensor,
-        key: Tensor,
-        s: int,
-        t: int,
-        queries: Views,
-        keys: Views,
-        memory: Optional[Tensor],
-        labels: Tensor,
-    ) -> LossOutput:
-        loss = losses.cross_entropy_with_soft_targets(key, self.prototypes(query), self.temperature)
+    def pair_loss(self, s: int, t: int, step: Step) -> LossOutput:
+        codes, query = step.keys[t], step.queries[s]
+        loss = losses.cross_entropy_with_soft_targets(codes, self.prototypes(query), self.temperature)
         return LossOutput(loss, {})
 
     @torch.no_grad()

@@ -97,7 +97,7 @@ def test_byol_preset_excludes_every_bias_and_norm_parameter_by_identity():
         model.projection_model.net[1].weight,
         model.projection_model.net[0].bias,
         model.prediction_model.net[1].weight,
-        model.prediction_model.net[2].bias,
+        model.prediction_model.net[3].bias,
     ]
     assert all(id(p) in excluded_ids for p in must_exclude)
     regular_ids = {id(p) for p in regular["params"]}

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import losses
-from criteria import ContrastiveCriterion, build_criterion, view_pairs
+from criteria import ContrastiveCriterion, Step, build_criterion, view_pairs
 from model_params import BYOLParams, EqCoParams, ModelParams, SimCLRParams, VICRegParams
 
 
@@ -80,7 +80,7 @@ def test_byol_loss_per_ordering_aligned_orthogonal_opposite(cos, expected):
     z = torch.tensor([[cos, math.sqrt(max(0.0, 1 - cos * cos))]])
     params = BYOLParams()
     criterion = build_criterion(params)
-    one_ordering = criterion.pair_loss(0, 1, [p, p], [z, z], None).loss * params.loss_constant_factor
+    one_ordering = criterion.pair_loss(0, 1, Step([p, p], [z, z])).loss * params.loss_constant_factor
     assert one_ordering.item() == pytest.approx(expected, abs=1e-6)
     both = criterion([p, p], [z, z], None).loss  # summed over the two orderings
     assert both.item() == pytest.approx(2 * expected, abs=1e-6)

@@ -1,0 +1,263 @@
+"""Representation quality of every preset at a fixed pretraining budget: kNN and linear-probe accuracy on held-out
+images, next to a randomly initialised encoder.
+
+Data: a class-balanced subset of an ImageFolder (default: the CIFAR-10 training split in ../shared/datasets/cifar10),
+split once with a fixed seed into ``--train-per-class`` pretraining images and ``--holdout-per-class`` held-out images
+per class. The subset is laid out as symbolic links in ``<--work-dir>/data/{train,val}/<class>/``, so pretraining
+goes through the same ``dataset_name="imagefolder"`` path a user's run does (decoding, the default augmentation
+backend, the loader). Each preset pretrains with its own defaults and the overrides below for ``--epochs`` epochs;
+after every epoch the encoder's embeddings (eval mode, deterministic eval transform) of the pretraining images are
+the bank of a weighted kNN (k=200, cosine, temperature 0.1) that classifies the held-out images; after the last
+epoch a logistic regression (a linear probe) is fit on the same embeddings and scored on the held-out images. The
+random-init row is the same encoder before any training. Outputs: a CSV per epoch, a markdown table, a PNG plot.
+
+Short-run overrides (the budget is minutes, not days): queues and support sets hold ``--queue-size`` keys (65536
+keys of a 10,000-image run would be up to 6 epochs old); everything else is the preset's.
+
+Example (the table in the benchmarks issue's closing note; about an hour on a 2-core CPU):
+    python benchmarks/bench_quality.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import time
+import warnings
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+DEFAULT_DATA_PATH = os.path.normpath(os.path.join(REPO, "..", "shared", "datasets", "cifar10"))
+
+import pytorch_lightning as pl  # noqa: E402
+
+import data  # noqa: E402
+import evaluation  # noqa: E402
+from moco import SelfSupervisedMethod  # noqa: E402
+from model_params import PRESETS, ModelParams  # noqa: E402
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--data-path", default=DEFAULT_DATA_PATH, help="folder holding train/<class>/<image>")
+    parser.add_argument("--presets", nargs="+", default=sorted(p for p in PRESETS if p != "supcon"),
+                        choices=sorted(PRESETS), help="supcon is supervised, so it is left out by default")
+    parser.add_argument("--train-per-class", type=int, default=1000, help="pretraining (and kNN bank) images per class")
+    parser.add_argument("--holdout-per-class", type=int, default=500, help="held-out (query) images per class")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--encoder-arch", default="resnet18")
+    parser.add_argument("--embedding-dim", type=int, default=512)
+    parser.add_argument("--cifar-stem", action="store_true", help="3x3 stride-1 stem: better at 32 px, 8x the compute")
+    parser.add_argument("--queue-size", type=int, default=4096, help="K of presets with a queue or support set")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers")
+    parser.add_argument("--accelerator", default="auto")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split and of every run")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                        help="extra ModelParams overrides for every preset, e.g. lr=0.3 (Python literals)")
+    parser.add_argument("--work-dir", default=os.path.join(REPO, "benchmarks", "results", "quality"))
+    return parser.parse_args(argv)
+
+
+def link_subset(source: str, target: str, per_class: Tuple[int, int], seed: int) -> None:
+    """Symlink a class-balanced random subset of ``source/train`` into ``target/train`` and ``target/val``."""
+    index = data.index_image_folder(os.path.join(source, "train"))
+    rng = np.random.default_rng(seed)
+    by_label: Dict[int, List[str]] = {}
+    for path, label in index.samples:
+        by_label.setdefault(label, []).append(path)
+    for label, paths in sorted(by_label.items()):
+        needed = sum(per_class)
+        if len(paths) < needed:
+            raise ValueError(f"class {index.classes[label]!r} has {len(paths)} images; {needed} are needed")
+        chosen = rng.choice(paths, size=needed, replace=False)
+        for split, files in (("train", chosen[: per_class[0]]), ("val", chosen[per_class[0] :])):
+            folder = os.path.join(target, split, index.classes[label])
+            os.makedirs(folder, exist_ok=True)
+            for i, path in enumerate(files):
+                os.symlink(os.path.abspath(path), os.path.join(folder, f"{i:05d}{os.path.splitext(path)[1]}"))
+
+
+def parse_overrides(pairs: Sequence[str]) -> Dict[str, Any]:
+    import ast
+
+    out = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        try:
+            out[name] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[name] = value
+    return out
+
+
+def preset_params(name: str, args: argparse.Namespace, data_path: str) -> ModelParams:
+    overrides: Dict[str, Any] = dict(
+        dataset_name="imagefolder",
+        data_path=data_path,
+        encoder_arch=args.encoder_arch,
+        embedding_dim=args.embedding_dim,
+        use_cifar_stem=args.cifar_stem,
+        batch_size=args.batch_size,
+        max_epochs=args.epochs,
+        num_data_workers=args.workers,
+        data_seed=args.seed,
+    )
+    if PRESETS[name]().uses_queue:
+        overrides["K"] = args.queue_size
+    overrides.update(parse_overrides(args.set))
+    return PRESETS[name](**overrides)
+
+
+def load_all(dataset: Any) -> Tuple[Tensor, Tensor]:
+    loader = data.make_loader(dataset, batch_size=512, shuffle=False, drop_last=False, num_workers=0, pin_memory=False)
+    images, labels = zip(*loader)
+    return torch.cat(images), torch.cat(labels)
+
+
+@torch.no_grad()
+def embed(encoder: torch.nn.Module, images: Tensor) -> Tensor:
+    was_training = encoder.training
+    encoder.eval()
+    device = next(encoder.parameters()).device
+    out = torch.cat([encoder(chunk.to(device)).float().cpu() for chunk in images.split(512)])
+    encoder.train(was_training)
+    return out
+
+
+def linear_probe_accuracy(train: Tensor, train_labels: Tensor, test: Tensor, test_labels: Tensor) -> float:
+    """Logistic regression on standardized frozen embeddings, as evaluation.logistic_regression_probe."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(train.numpy())
+    classifier = LogisticRegression(max_iter=1000).fit(scaler.transform(train.numpy()), train_labels.numpy())
+    return 100.0 * classifier.score(scaler.transform(test.numpy()), test_labels.numpy())
+
+
+class EpochProbe(pl.Callback):
+    """kNN accuracy of the held-out images against the pretraining images' embeddings, before training and after
+    every epoch."""
+
+    def __init__(self, bank: Tuple[Tensor, Tensor], queries: Tuple[Tensor, Tensor]) -> None:
+        self.bank, self.queries = bank, queries
+        self.knn: List[float] = []
+        self.embeddings: Optional[Tuple[Tensor, Tensor]] = None  # (bank, queries) of the latest measurement
+
+    def measure(self, encoder: torch.nn.Module) -> Tuple[Tensor, Tensor]:
+        bank, queries = embed(encoder, self.bank[0]), embed(encoder, self.queries[0])
+        self.knn.append(evaluation.knn_accuracy(bank, self.bank[1], queries, self.queries[1]))
+        self.embeddings = bank, queries
+        return bank, queries
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: SelfSupervisedMethod) -> None:
+        self.measure(module.model)
+
+
+def run_preset(
+    name: str,
+    params: ModelParams,
+    bank: Tuple[Tensor, Tensor],
+    queries: Tuple[Tensor, Tensor],
+    args: argparse.Namespace,
+    train: bool = True,
+) -> Dict[str, Any]:
+    """Pretrain (unless ``train`` is False: the random-init row) with kNN after every epoch, then the linear probe."""
+    pl.seed_everything(args.seed, workers=True)
+    model = SelfSupervisedMethod(params)
+    probe = EpochProbe(bank, queries)
+    start = time.perf_counter()
+    loss = float("nan")
+    if train:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer = pl.Trainer(
+                accelerator=args.accelerator,
+                devices=1,
+                max_epochs=params.max_epochs,
+                limit_val_batches=0,
+                logger=pl.loggers.CSVLogger(args.work_dir, name=name),
+                enable_checkpointing=False,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+                callbacks=[probe],
+            )
+            trainer.fit(model)
+        loss = float(trainer.callback_metrics["step_train_loss"])
+    minutes = (time.perf_counter() - start) / 60
+    bank_embeddings, query_embeddings = probe.embeddings or probe.measure(model.model)
+    linear = linear_probe_accuracy(bank_embeddings, bank[1], query_embeddings, queries[1])
+    return {"preset": name, "knn": probe.knn, "linear": linear, "minutes": minutes, "final_loss": loss}
+
+
+def plot(rows: List[Dict[str, Any]], path: str, random_knn: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for row in rows:
+        ax.plot(range(1, len(row["knn"]) + 1), row["knn"], marker="o", label=row["preset"])
+    ax.axhline(random_knn, color="black", linestyle="--", label="random init")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("kNN accuracy on held-out images (%)")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
+    args = parse_args(argv)
+    subset = os.path.join(args.work_dir, f"data_seed{args.seed}_{args.train_per_class}_{args.holdout_per_class}")
+    if not os.path.isdir(subset):
+        link_subset(args.data_path, subset, (args.train_per_class, args.holdout_per_class), args.seed)
+    base = preset_params("moco_v2", args, subset)
+    bank_set, query_set = data.eval_datasets(base)
+    bank, queries = load_all(bank_set), load_all(query_set)
+
+    rows = [run_preset("random_init", base, bank, queries, args, train=False)]
+    print(f"random_init: kNN {rows[0]['knn'][-1]:.1f}%, linear {rows[0]['linear']:.1f}%", flush=True)
+    for name in args.presets:
+        row = run_preset(name, preset_params(name, args, subset), bank, queries, args)
+        rows.append(row)
+        print(f"{name}: kNN per epoch {[round(a, 1) for a in row['knn']]}, linear {row['linear']:.1f}%, "
+              f"{row['minutes']:.1f} min", flush=True)
+
+    os.makedirs(args.work_dir, exist_ok=True)
+    with open(os.path.join(args.work_dir, "bench_quality.csv"), "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["preset", "epoch", "knn_acc", "linear_acc", "final_loss", "minutes"])
+        for row in rows:
+            first = 0 if row["preset"] == "random_init" else 1
+            for epoch, knn in enumerate(row["knn"], start=first):
+                last = epoch == len(row["knn"]) - 1 + first
+                writer.writerow([row["preset"], epoch, round(knn, 2), round(row["linear"], 2) if last else "",
+                                 round(row["final_loss"], 4) if last else "", round(row["minutes"], 2)])
+    random_knn, random_linear = rows[0]["knn"][-1], rows[0]["linear"]
+    plot(rows[1:], os.path.join(args.work_dir, "bench_quality.png"), random_knn)
+
+    print(f"\n{args.encoder_arch} ({'CIFAR' if args.cifar_stem else 'ImageNet'} stem), {args.epochs} epochs on "
+          f"{len(bank[1])} images of {args.data_path}, batch {args.batch_size}; kNN (k=200, T=0.1) and "
+          f"linear probe on {len(queries[1])} held-out images. Outputs in {args.work_dir}\n")
+    print("| preset | kNN % | linear % | kNN - random | final loss | minutes |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for row in rows:
+        print(f"| {row['preset']} | {row['knn'][-1]:.1f} | {row['linear']:.1f} | {row['knn'][-1] - random_knn:+.1f} | "
+              f"{row['final_loss']:.3f} | {row['minutes']:.1f} |")
+    print(f"\nrandom init: kNN {random_knn:.1f}%, linear {random_linear:.1f}%")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,248 @@
+"""Training-step throughput of every preset next to the bare backbone's required compute, measured in one run.
+
+For each preset, the framework step is a real ``pl.Trainer`` fit of ``SelfSupervisedMethod`` on views already in
+memory (no decoding or augmentation: ``bench_data.py`` and ``bench_augment.py`` measure those), timed from one
+``on_train_batch_start`` to the next, so it includes the forward passes, the loss, backward, the optimizer and
+scheduler steps, the EMA and queue updates and Lightning's logging. The required compute is the bare encoder (same
+architecture, stem and memory format) doing forward + backward on every view the online network sees, plus a
+no-grad forward of the views the momentum encoder sees. Both are the median step time over ``--steps`` steps after
+``--warmup`` steps, and the two are interleaved ``--rounds`` times with the fastest round kept, because other load on
+the machine only ever slows a step down. Peak memory: the process's peak RSS on CPU (each preset runs in its own
+process, the bare backbone first), ``torch.cuda.max_memory_allocated`` on GPU.
+
+Example (the table in the benchmarks issue's closing note):
+    python benchmarks/bench_throughput.py --batch-size 256 --image-size 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import multiprocessing
+import os
+import resource
+import statistics
+import sys
+import time
+import warnings
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+import pytorch_lightning as pl  # noqa: E402
+
+import data  # noqa: E402
+import utils  # noqa: E402
+from moco import SelfSupervisedMethod  # noqa: E402
+from model_params import PRESETS, ModelParams  # noqa: E402
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--presets", nargs="+", default=sorted(PRESETS), choices=sorted(PRESETS))
+    parser.add_argument("--encoder-arch", default="resnet18")
+    parser.add_argument("--image-size", type=int, default=32, help="side of the global views in px")
+    parser.add_argument("--batch-size", type=int, default=256, help="source images per step")
+    parser.add_argument("--cifar-stem", action="store_true", help="3x3 stride-1 stem (8x the compute at 32 px)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps before each measurement")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per measurement")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved framework / bare measurements per preset")
+    parser.add_argument("--accelerator", default="gpu" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--csv", default=os.path.join(REPO, "benchmarks", "results", "bench_throughput.csv"))
+    return parser.parse_args(argv)
+
+
+class InMemoryViews(Dataset):
+    """``length`` items of ready-made views (one tensor per view of ``shapes``) and a label, all from one seed."""
+
+    def __init__(self, shapes: Sequence[Sequence[int]], length: int) -> None:
+        generator = torch.Generator().manual_seed(0)
+        self.views = [torch.randn(length, *shape, generator=generator) for shape in shapes]
+        self.labels = torch.arange(length) % 10
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> Any:
+        return [v[index] for v in self.views], self.labels[index]
+
+
+class StepTimer(pl.Callback):
+    """Wall time between consecutive training-batch starts (one full optimizer step each)."""
+
+    def __init__(self) -> None:
+        self.starts: List[float] = []
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.accelerator.__class__.__name__ == "CUDAAccelerator":
+            torch.cuda.synchronize()
+        self.starts.append(time.perf_counter())
+
+
+def bench_params(name: str, args: argparse.Namespace) -> ModelParams:
+    overrides: Dict[str, Any] = dict(
+        dataset_name="synthetic",
+        encoder_arch=args.encoder_arch,
+        synthetic_image_size=args.image_size,
+        batch_size=args.batch_size,
+        use_cifar_stem=args.cifar_stem,
+        num_data_workers=0,
+        max_epochs=1,
+    )
+    preset = PRESETS[name]()
+    if preset.uses_queue:
+        overrides["K"] = max(args.batch_size, preset.K // args.batch_size * args.batch_size)
+    return PRESETS[name](**overrides)
+
+
+def view_shapes(params: ModelParams) -> List[List[int]]:
+    local = data.local_crop_size(params)
+    global_side = data.crop_size(params)
+    return [[3, global_side, global_side]] * params.num_global_crops + [[3, local, local]] * params.num_local_crops
+
+
+def framework_step_seconds(params: ModelParams, dataset: Dataset, args: argparse.Namespace) -> List[float]:
+    model = SelfSupervisedMethod(params, train_dataset=dataset)
+    timer = StepTimer()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = pl.Trainer(
+            accelerator=args.accelerator,
+            devices=1,
+            max_epochs=1,
+            limit_train_batches=args.warmup + args.steps + 1,
+            limit_val_batches=0,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[timer],
+        )
+        trainer.fit(model)
+    steps = [b - a for a, b in zip(timer.starts, timer.starts[1:])]
+    return steps[args.warmup :]
+
+
+def required_compute_seconds(params: ModelParams, model: SelfSupervisedMethod, args: argparse.Namespace) -> List[float]:
+    """Bare encoder: forward + backward of the online views, no-grad forward of the momentum encoder's views."""
+    device = torch.device("cuda" if args.accelerator == "gpu" else "cpu")
+    cifar_stem = model.cifar_stem
+    online = utils.get_encoder(params.encoder_arch, cifar_stem).to(device, memory_format=torch.channels_last)
+    target = utils.get_encoder(params.encoder_arch, cifar_stem).to(device, memory_format=torch.channels_last)
+    shapes = view_shapes(params)
+
+    def batch(indices: Sequence[int]) -> List[Tensor]:
+        by_shape: Dict[tuple, int] = {}
+        for i in indices:
+            by_shape[tuple(shapes[i])] = by_shape.get(tuple(shapes[i]), 0) + 1
+        return [
+            torch.randn(count * args.batch_size, *shape, device=device).contiguous(memory_format=torch.channels_last)
+            for shape, count in by_shape.items()
+        ]
+
+    online_views = batch(model.online_views)
+    target_views = batch(model.target.key_views) if params.use_lagging_model else []
+
+    def step() -> None:
+        online.zero_grad(set_to_none=True)
+        sum(online(x).square().mean() for x in online_views).backward()
+        with torch.no_grad():
+            for x in target_views:
+                target(x)
+
+    times = []
+    for i in range(args.warmup + args.steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= args.warmup:
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure_preset(name: str, args: argparse.Namespace) -> Dict[str, Any]:
+    """Runs in its own process, so that the peak-memory figures belong to this preset alone."""
+    torch.manual_seed(0)
+    params = bench_params(name, args)
+    shapes = view_shapes(params)
+    length = (args.warmup + args.steps + 1) * args.batch_size
+    dataset = InMemoryViews(shapes, length)
+    probe = SelfSupervisedMethod(params, train_dataset=dataset)
+    framework: List[float] = []
+    bare: List[float] = []
+    bare_memory = framework_memory = 0.0
+    for _ in range(args.rounds):
+        bare.append(statistics.median(required_compute_seconds(params, probe, args)))
+        bare_memory = max(bare_memory, peak_memory_mb())
+        framework.append(statistics.median(framework_step_seconds(params, dataset, args)))
+        framework_memory = max(framework_memory, peak_memory_mb())
+    framework_step, bare_step = min(framework), min(bare)
+    return {
+        "preset": name,
+        "views": "+".join(f"{s[1]}px" for s in shapes),
+        "online_views": len(probe.online_views),
+        "target_views": len(probe.target.key_views) if params.use_lagging_model else 0,
+        "framework_images_per_s": args.batch_size / framework_step,
+        "bare_images_per_s": args.batch_size / bare_step,
+        "framework_step_ms": 1000 * framework_step,
+        "bare_step_ms": 1000 * bare_step,
+        "ratio": framework_step / bare_step,
+        "framework_peak_mb": framework_memory,
+        "bare_peak_mb": bare_memory,
+    }
+
+
+def _worker(name: str, args: argparse.Namespace, queue: "multiprocessing.Queue[Dict[str, Any]]") -> None:
+    queue.put(measure_preset(name, args))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
+    args = parse_args(argv)
+    context = multiprocessing.get_context("spawn")
+    rows = []
+    for name in args.presets:
+        queue: "multiprocessing.Queue[Dict[str, Any]]" = context.Queue()
+        process = context.Process(target=_worker, args=(name, args, queue))
+        process.start()
+        rows.append(queue.get())
+        process.join()
+        row = rows[-1]
+        print(f"{name}: framework {row['framework_step_ms']:.0f} ms, bare {row['bare_step_ms']:.0f} ms, "
+              f"ratio {row['ratio']:.3f}", flush=True)
+
+    os.makedirs(os.path.dirname(os.path.abspath(args.csv)), exist_ok=True)
+    with open(args.csv, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    stem = "CIFAR" if args.cifar_stem else "ImageNet"
+    print(f"\n{args.encoder_arch} ({stem} stem), batch {args.batch_size}, {args.image_size} px, {args.accelerator}, "
+          f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}; CSV: {args.csv}\n")
+    print("| preset | views | online / target views | framework img/s | bare img/s | step ratio | peak MB "
+          "(framework / bare) |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['preset']} | {r['views']} | {r['online_views']} / {r['target_views']} | "
+              f"{r['framework_images_per_s']:.0f} | {r['bare_images_per_s']:.0f} | {r['ratio']:.3f} | "
+              f"{r['framework_peak_mb']:.0f} / {r['bare_peak_mb']:.0f} |")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

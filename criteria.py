@@ -14,6 +14,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
+import components
 import distributed
 import losses
 import utils
@@ -62,12 +63,23 @@ class PairwiseCriterion(nn.Module):
     def forward(
         self, queries: Views, keys: Views, memory: Optional[Tensor] = None, labels: Optional[Tensor] = None
     ) -> LossOutput:
-        """The combined loss of a step; see :class:`Step` for the arguments."""
-        step = Step(queries, keys, memory, labels)
-        outputs = [self.pair_loss(s, t, step) for s, t in self.pairs]
+        """The combined loss of a step; see :class:`Step` for the arguments.
+
+        Runs in float32 with autocast switched off: under mixed precision autocast would run the similarity and
+        covariance matmuls (and SwAV's / DINO's prototype scores) in half precision again, however the inputs are
+        cast, and exp(s / T), Sinkhorn's exp(s / 0.05) and Barlow's 1 - C_ii need the full mantissa.
+        """
+        device = next(v for v in queries if v is not None).device
+        with torch.autocast(device.type, enabled=False):
+            step = self.prepare(Step(_fp32_views(queries), _fp32_views(keys), _fp32_or_none(memory), labels))
+            outputs = [self.pair_loss(s, t, step) for s, t in self.pairs]
         loss = self.factor * self.reduce(torch.stack([out.loss for out in outputs]))
         metrics = {name: torch.stack([out.metrics[name] for out in outputs]).mean() for name in outputs[0].metrics}
         return LossOutput(loss, metrics)
+
+    def prepare(self, step: Step) -> Step:
+        """The step as the pair losses see it (SwAV replaces the keys by their codes)."""
+        return step
 
     def pair_loss(self, s: int, t: int, step: Step) -> LossOutput:
         """The loss of query view ``s`` against key view ``t``."""
@@ -80,6 +92,14 @@ class PairwiseCriterion(nn.Module):
         """Called with the step's keys after each optimizer step (running statistics, feature queues)."""
 
 
+def _fp32_or_none(x: Optional[Tensor]) -> Optional[Tensor]:
+    return None if x is None else x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def _fp32_views(views: Views) -> List[Optional[Tensor]]:
+    return [_fp32_or_none(v) for v in views]
+
+
 def cosine_metrics(query: Tensor, key: Tensor) -> Dict[str, Tensor]:
     return dict(zip(("step_pos_cos", "step_neg_cos"), losses.positive_negative_cosine(query, key)))
 
@@ -88,9 +108,11 @@ def accuracy_metrics(pos: Tensor, neg: Tensor) -> Dict[str, Tensor]:
     return dict(zip(("step_train_acc1", "step_train_acc5"), losses.contrastive_accuracy(pos, neg)))
 
 
-def own_rows(batch_size: int, device: torch.device) -> Tensor:
-    """Indices of this process's samples among candidates gathered from all processes."""
-    return torch.arange(batch_size, device=device) + distributed.rank() * batch_size
+def own_rows(batch_size: int, num_candidates: int, device: torch.device) -> Tensor:
+    """Indices of this process's ``batch_size`` samples among ``num_candidates`` candidates: at offset rank x
+    batch_size when the candidates were gathered from every process (rank order), at 0 when they are local."""
+    offset = distributed.rank() * batch_size if num_candidates > batch_size else 0
+    return torch.arange(batch_size, device=device) + offset
 
 
 class ContrastiveCriterion(PairwiseCriterion):
@@ -98,8 +120,9 @@ class ContrastiveCriterion(PairwiseCriterion):
 
     In-batch negatives are the other images' keys of view t and, when ``same_view_negatives`` (the target is the
     online network, as in SimCLR), the other images' keys of the query's own view s: NT-Xent's 2B-2 negatives.
-    ``gather`` collects candidates from every process (identity in a single process); positives sit at this
-    process's offset in the gathered candidates.
+    ``gather`` collects candidates from every process with gradient (:func:`distributed.gather_with_grad`,
+    identity in a single process) or is the identity (per-device negatives); positives sit at this process's offset
+    in the candidates.
     """
 
     def __init__(
@@ -120,16 +143,19 @@ class ContrastiveCriterion(PairwiseCriterion):
 
     def pair_loss(self, s: int, t: int, step: Step) -> LossOutput:
         query, key = step.queries[s], step.keys[t]
-        positive_index = own_rows(query.shape[0], query.device)
         negatives = []
         if self.batch_negatives:
-            pos, cross_view = losses.split_positive(query @ self.gather(key).T, positive_index)
+            candidates = self.gather(key)
+            positive_index = own_rows(query.shape[0], candidates.shape[0], query.device)
+            pos, cross_view = losses.split_positive(query @ candidates.T, positive_index)
             negatives.append(cross_view)
         else:
             pos = (query * key).sum(dim=1)
         same_view_keys = step.keys[s]
         if self.same_view_negatives and same_view_keys is not None:
-            negatives.append(losses.split_positive(query @ self.gather(same_view_keys).T, positive_index)[1])
+            candidates = self.gather(same_view_keys)
+            own = own_rows(query.shape[0], candidates.shape[0], query.device)
+            negatives.append(losses.split_positive(query @ candidates.T, own)[1])
         if step.memory is not None:
             negatives.append(query @ step.memory)  # [B, K]
         neg = torch.cat(negatives, dim=1) if negatives else query.new_zeros(query.shape[0], 0)
@@ -169,9 +195,10 @@ class SupConCriterion(ContrastiveCriterion):
                 "loss_type='supcon' needs a label for every training image, but the batch has "
                 "unlabeled samples (label -1); use a labelled dataset"
             )
-        own = own_rows(query.shape[0], query.device)
-        same_class = labels[:, None] == distributed.gather(labels)[None, :]  # [B, world*B]
-        similarities, positives = [query @ self.gather(key).T], [same_class]
+        candidates = self.gather(key)
+        own = own_rows(query.shape[0], candidates.shape[0], query.device)
+        same_class = labels[:, None] == self.gather(labels)[None, :]  # [B, candidates], gathered like them
+        similarities, positives = [query @ candidates.T], [same_class]
         same_view_keys = step.keys[s]
         if self.same_view_negatives and same_view_keys is not None:
             similarities.append(losses.split_positive(query @ self.gather(same_view_keys).T, own)[1])
@@ -203,7 +230,10 @@ class NNCLRCriterion(PairwiseCriterion):
         assert memory is not None, "NNCLR needs its support set"
         with torch.no_grad():
             neighbours = memory.T[(key @ memory).argmax(dim=1)]  # [B, D]
-        pos, neg = losses.split_positive(neighbours @ self.gather(query).T, own_rows(query.shape[0], query.device))
+        candidates = self.gather(query)
+        pos, neg = losses.split_positive(
+            neighbours @ candidates.T, own_rows(query.shape[0], candidates.shape[0], query.device)
+        )
         metrics = {**cosine_metrics(query, key), **accuracy_metrics(pos.detach(), neg.detach())}
         return LossOutput(losses.info_nce_loss(pos, neg, self.temperature), metrics)
 
@@ -310,11 +340,8 @@ class SwAVCriterion(PairwiseCriterion):
     def set_epoch(self, epoch: int) -> None:
         self.queue_active = self.feature_queue.shape[1] > 0 and epoch >= self.queue_start_epoch
 
-    def forward(
-        self, queries: Views, keys: Views, memory: Optional[Tensor] = None, labels: Optional[Tensor] = None
-    ) -> LossOutput:
-        codes = [None if k is None else self._codes(i, k) for i, k in enumerate(keys)]
-        return super().forward(queries, codes, memory, labels)
+    def prepare(self, step: Step) -> Step:
+        return step._replace(keys=[None if k is None else self._codes(i, k) for i, k in enumerate(step.keys)])
 
     @torch.no_grad()
     def _codes(self, view: int, features: Tensor) -> Tensor:
@@ -361,17 +388,21 @@ def build_criterion(params: ModelParams) -> PairwiseCriterion:
     pairs = view_pairs(p.num_global_crops, p.num_local_crops, p.use_both_augmentations_as_queries)
     common = dict(pairs=pairs, reduction=p.view_pair_reduction, factor=p.loss_constant_factor)
     same_view = p.use_negative_examples_from_batch and not p.use_lagging_model and p.use_both_augmentations_as_queries
+    # In-batch candidates: the global batch (gradients return to the process that produced each embedding) or this
+    # process's batch only.
+    gather = distributed.gather_with_grad if p.gather_negatives_across_devices else components.identity
     if p.loss_type in ("ce", "bce", "ip"):
         return ContrastiveCriterion(
             **common,
             loss_fn=contrastive_loss_fn(p),
             batch_negatives=p.use_negative_examples_from_batch,
             same_view_negatives=same_view,
+            gather=gather,
         )
     if p.loss_type == "supcon":
-        return SupConCriterion(**common, temperature=p.T, same_view_negatives=same_view)
+        return SupConCriterion(**common, temperature=p.T, same_view_negatives=same_view, gather=gather)
     if p.loss_type == "nnclr":
-        return NNCLRCriterion(**common, temperature=p.T)
+        return NNCLRCriterion(**common, temperature=p.T, gather=gather)
     if p.loss_type == "dino":
         return DINOCriterion(
             **common,
@@ -401,6 +432,7 @@ def build_criterion(params: ModelParams) -> PairwiseCriterion:
             variance_weight=p.variance_loss_weight,
             covariance_weight=p.covariance_loss_weight,
             eps=p.variance_loss_epsilon,
+            gather=distributed.gather_with_grad if p.vicreg_gather_across_devices else components.identity,
         ),
         "barlow": _as_terms(functools.partial(losses.barlow_twins_loss, off_diagonal_weight=p.barlow_lambda)),
         "neg_cos": _as_terms(losses.negative_cosine_loss),

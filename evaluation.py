@@ -1,4 +1,5 @@
-"""Representation probes on frozen embeddings, run at the end of each validation epoch."""
+"""Representation probes on frozen embeddings: a logistic regression and a weighted kNN, run at the end of each
+validation epoch of pretraining (moco.py) and by the linear-probe command line (linear_classifier.py)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,14 @@ from typing import Optional, Tuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from torch import Tensor
+
+KNN_K = 200  # neighbours per query (InstDisc, lightly's benchmarks); capped at the bank size
+KNN_TEMPERATURE = 0.1  # neighbour weight exp(cosine / KNN_TEMPERATURE)
+KNN_QUERY_CHUNK = 1024  # queries scored at once: bounds the [queries, bank] similarity matrix in memory
 
 
 def half_split(num_samples: int, seed: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -35,6 +41,60 @@ def logistic_regression_probe(embeddings: Tensor, labels: Tensor, seed: int) -> 
         100.0 * classifier.score(scaler.transform(x[fit]), y[fit]),
         100.0 * classifier.score(scaler.transform(x[held_out]), y[held_out]),
     )
+
+
+@torch.no_grad()
+def weighted_knn_scores(
+    bank: Tensor,
+    bank_labels: Tensor,
+    queries: Tensor,
+    num_classes: int,
+    k: int = KNN_K,
+    temperature: float = KNN_TEMPERATURE,
+) -> Tensor:
+    """Class scores [Q, num_classes] of queries [Q, D] by a weighted vote of their nearest bank entries [N, D].
+
+    Weighted kNN of Wu et al. 2018 (InstDisc, arXiv:1805.01978, section 3.5): similarity is the cosine s_i between the
+    query and bank entry i; the k most similar entries (k capped at N) each add exp(s_i / temperature) to the score of
+    their class ``bank_labels[i]`` (labels in [0, num_classes)). The prediction is the argmax of the scores. Computed in
+    float32 on the inputs' device, KNN_QUERY_CHUNK queries at a time.
+    """
+    bank = F.normalize(bank.float(), dim=1)
+    k = min(k, bank.shape[0])
+    scores = []
+    for chunk in F.normalize(queries.float(), dim=1).split(KNN_QUERY_CHUNK):
+        similarity, neighbours = (chunk @ bank.T).topk(k, dim=1)  # [q, k] each
+        weights = (similarity / temperature).exp()
+        votes = torch.zeros(chunk.shape[0], num_classes, device=chunk.device)
+        scores.append(votes.scatter_add_(1, bank_labels[neighbours], weights))
+    return torch.cat(scores)
+
+
+def knn_accuracy(
+    bank: Tensor,
+    bank_labels: Tensor,
+    queries: Tensor,
+    query_labels: Tensor,
+    k: int = KNN_K,
+    temperature: float = KNN_TEMPERATURE,
+) -> float:
+    """Percent of queries whose weighted-kNN prediction (:func:`weighted_knn_scores`) equals their label."""
+    bank_labels, query_labels = bank_labels.to(bank.device), query_labels.to(bank.device)
+    num_classes = int(torch.cat([bank_labels, query_labels]).max()) + 1
+    predictions = weighted_knn_scores(bank, bank_labels, queries.to(bank.device), num_classes, k, temperature)
+    return 100.0 * (predictions.argmax(dim=1) == query_labels).float().mean().item()
+
+
+def half_split_knn_accuracy(embeddings: Tensor, labels: Tensor, seed: int) -> Optional[float]:
+    """Weighted-kNN accuracy in percent with one half of (embeddings [N, D], labels [N]) as the bank and the other as
+    queries (the halves of :func:`half_split`, as the logistic-regression probe); None without labelled samples in
+    both halves. Samples labelled -1 (unlabeled) are left out."""
+    keep = labels >= 0
+    embeddings, labels = embeddings[keep], labels[keep]
+    bank, queries = (torch.as_tensor(i, device=labels.device) for i in half_split(len(labels), seed))
+    if len(bank) == 0 or len(queries) == 0:
+        return None
+    return knn_accuracy(embeddings[bank], labels[bank], embeddings[queries], labels[queries])
 
 
 def concat_outputs(outputs: list[Tuple[Tensor, Tensor]]) -> Tuple[Tensor, Tensor]:

@@ -28,6 +28,10 @@ def split_positive(similarity: Tensor, positive_index: Tensor) -> Tuple[Tensor, 
     return pos, similarity[keep].view(similarity.shape[0], similarity.shape[1] - 1)
 
 
+def _same(x: Tensor) -> Tensor:
+    return x
+
+
 def info_nce_loss(pos: Tensor, neg: Tensor, temperature: float, neg_log_factor: float = 0.0) -> Tensor:
     """InfoNCE (Oord et al. 2018, arXiv:1807.03748; MoCo arXiv:1911.05722): CE([pos, neg]/T, label 0), mean over B.
 
@@ -61,18 +65,29 @@ def inner_product_loss(pos: Tensor, neg: Tensor) -> Tensor:
 
 
 def vicreg_loss(
-    z_a: Tensor, z_b: Tensor, invariance_weight: float, variance_weight: float, covariance_weight: float, eps: float
+    z_a: Tensor,
+    z_b: Tensor,
+    invariance_weight: float,
+    variance_weight: float,
+    covariance_weight: float,
+    eps: float,
+    gather: Callable[[Tensor], Tensor] = _same,
 ) -> Dict[str, Tensor]:
     """VICReg (Bardes et al. 2021, arXiv:2105.04906) on raw embeddings z_a, z_b [N, D].
 
     invariance = MSE(z_a, z_b); variance = sum over both branches of mean_j relu(1 - sqrt(Var(z_j) + eps))
     (unbiased variance); covariance = sum over both branches of sum_{i != j} C_ij^2 / D. Returns the weighted terms
     ``loss_invariance``, ``loss_variance``, ``loss_covariance`` and their sum ``loss``.
+
+    ``gather`` maps a branch [N, D] to the batch the variance and covariance are computed on: the identity, or the
+    concatenation over processes [world*N, D] (with gradient), as the official code does; the invariance term stays
+    on this process's pairs.
     """
     z_a, z_b = _fp32(z_a), _fp32(z_b)
     invariance = F.mse_loss(z_a, z_b)
-    variance = variance_hinge(z_a, eps) + variance_hinge(z_b, eps)
-    covariance = off_diagonal_covariance(z_a) + off_diagonal_covariance(z_b)
+    all_a, all_b = gather(z_a), gather(z_b)
+    variance = variance_hinge(all_a, eps) + variance_hinge(all_b, eps)
+    covariance = off_diagonal_covariance(all_a) + off_diagonal_covariance(all_b)
     terms = {
         "loss_invariance": invariance_weight * invariance,
         "loss_variance": variance_weight * variance,
@@ -157,10 +172,6 @@ def dino_loss(
     """
     teacher_probs = F.softmax((_fp32(teacher_logits) - center) / teacher_temperature, dim=1).detach()
     return cross_entropy_with_soft_targets(teacher_probs, student_logits, student_temperature)
-
-
-def _same(x: Tensor) -> Tensor:
-    return x
 
 
 @torch.no_grad()

@@ -22,10 +22,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+import augment
 import components
 import data
 import distributed
 import evaluation
+import longrun
 import utils
 from criteria import build_criterion
 from lars import LARS
@@ -71,10 +73,21 @@ class SelfSupervisedMethod(pl.LightningModule):
         self.save_hyperparameters(attr.asdict(params))
         self._view_transforms = view_transforms
         self._train_dataset, self._val_dataset = train_dataset, val_dataset
+        # augmentation_backend "batched": the loader yields uint8 images and on_after_batch_transfer makes the views on
+        # the training device; custom view transforms or datasets deliver finished views (None: nothing to do).
+        self.batch_views: Optional[augment.BatchedViews] = (
+            augment.build_batched_views(params)
+            if train_dataset is None and data.uses_batched_views(params, view_transforms)
+            else None
+        )
 
         self.model = backbone if backbone is not None else utils.get_encoder(params.encoder_arch, self.cifar_stem)
+        if params.sync_batch_norm == "all":  # before any hook is registered on the encoder's layers
+            self.model = distributed.convert_sync_batchnorm(self.model)
         if params.encoder_layer is not None:
             self.model = utils.HiddenLayerEncoder(self.model, params.encoder_layer)
+        if params.channels_last:
+            utils.use_channels_last(self.model)
         measured = utils.encoder_output_dim(self.model, data.crop_size(params))
         if measured != params.embedding_dim:
             source = "the backbone" if backbone is not None else f"encoder_arch {params.encoder_arch!r}"
@@ -105,6 +118,9 @@ class SelfSupervisedMethod(pl.LightningModule):
             params.use_mlp_weight_standardization,
             params.mlp_activation,
         )
+        if params.sync_batch_norm is not None:  # before the EMA copy is made, so the target synchronizes too
+            self.projection_model = distributed.convert_sync_batchnorm(self.projection_model)
+            self.prediction_model = distributed.convert_sync_batchnorm(self.prediction_model)
         self.criterion = build_criterion(params)
         # Prototypes get no update during the first epochs (DINO's frozen last layer, SwAV's frozen prototypes).
         self.prototype_layers = [m for m in self.modules() if isinstance(m, utils.PrototypeLayer)]
@@ -129,8 +145,8 @@ class SelfSupervisedMethod(pl.LightningModule):
             params.m, 1.0 if params.use_momentum_schedule else params.m
         )
 
-        self._step_keys: List[Optional[Tensor]] = []  # this step's keys, consumed after the optimizer step
-        self._last_ema_step = -1
+        self._step_keys: List[Optional[Tensor]] = []  # this step's keys, consumed after the backward pass
+        self.projection_dim = head_dim  # width of the online projections (the collapse monitor's d)
         self._total_steps = 1  # optimizer steps of the whole run, known once the Trainer is attached
         self._validation_outputs: List[Tuple[Tensor, Tensor]] = []
 
@@ -150,7 +166,15 @@ class SelfSupervisedMethod(pl.LightningModule):
         return self.projection_model(self.model(x))
 
     # --- training ----------------------------------------------------------------------------------------------------
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Training batches of uint8 images [B, 3, S, S] become their views here, on the device (batch_views);
+        validation batches pass unchanged, so the probe stays deterministic."""
+        if self.batch_views is None or not self.trainer.training:
+            return batch
+        images, labels = batch
+        return self.batch_views(images, self.trainer.global_step, self.global_rank), labels
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Dict[str, Any]:
         views, labels = batch
         projections = self._online_projections(views)
         queries = self._queries(projections)
@@ -158,13 +182,17 @@ class SelfSupervisedMethod(pl.LightningModule):
         out = self.criterion(queries, keys, None if self.queue is None else self.queue.keys, labels)
         self._step_keys = keys
         batch_size = views[0].shape[0]
+        spread = longrun.embedding_std(projections[self.query_views[0]])  # type: ignore[arg-type]
         self.log("step_train_loss", out.loss.detach(), prog_bar=True, batch_size=batch_size)
         self.log_dict(out.metrics, batch_size=batch_size)
+        self.log(longrun.EMBEDDING_STD_METRIC, spread, batch_size=batch_size)
         self.log_dict(
             {"m": self.current_momentum(), "T": self.params.T, "lr": self.trainer.optimizers[0].param_groups[0]["lr"]},
             batch_size=batch_size,
         )
-        return out.loss
+        # the metrics go to the callbacks (non-finite loss guard, collapse monitor) as the step's outputs
+        metrics = {"step_train_loss": out.loss.detach(), **out.metrics, longrun.EMBEDDING_STD_METRIC: spread}
+        return {"loss": out.loss, "metrics": metrics}
 
     def _online_projections(self, views: Sequence[Tensor]) -> List[Optional[Tensor]]:
         embeddings = components.encode_views(self.model, [views[i] for i in self.online_views])
@@ -177,6 +205,12 @@ class SelfSupervisedMethod(pl.LightningModule):
         return _place(self.query_views, predictions, len(projections))
 
     def on_after_backward(self) -> None:
+        # The step's keys update the queue and the criterion's state as soon as the loss no longer reads them, and
+        # thus before any callback's on_train_batch_end: a checkpoint saved there holds the finished step's state.
+        keys, self._step_keys = self._step_keys, []
+        if self.queue is not None:
+            self.queue.enqueue(self.gather_keys(keys[self.enqueued_view].detach()))
+        self.criterion.after_step(keys)
         if self.current_epoch < self.params.freeze_prototypes_epochs:
             for layer in self.prototype_layers:
                 layer.weight.grad = None  # the optimizer skips it: no momentum, no weight decay
@@ -184,21 +218,25 @@ class SelfSupervisedMethod(pl.LightningModule):
     def on_train_epoch_start(self) -> None:
         self.criterion.set_epoch(self.current_epoch)
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        keys, self._step_keys = self._step_keys, []
-        if self.queue is not None:
-            self.queue.enqueue(self.gather_keys(keys[self.enqueued_view].detach()))
-        self.criterion.after_step(keys)
-        # Only after a real optimizer step (not on gradient-accumulation micro-batches).
-        if self.trainer.global_step != self._last_ema_step:
-            self._last_ema_step = self.trainer.global_step
-            self.target.update([self.model, self.projection_model], self.current_momentum())
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        """The optimizer step, then the EMA step of the target. Lightning calls this hook for real steps only (not
+        for gradient-accumulation micro-batches) and counts the step in global_step after it returns, hence + 1."""
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        momentum = self.momentum_schedule(self.trainer.global_step + 1, self._total_steps)
+        self.target.update([self.model, self.projection_model], momentum)
 
     def current_momentum(self) -> float:
         return self.momentum_schedule(self.trainer.global_step, self._total_steps)
 
     def on_train_start(self) -> None:
-        self._last_ema_step = self.trainer.global_step
+        self.criterion.set_epoch(self.current_epoch)  # a mid-epoch resume starts without on_train_epoch_start
+
+    def configure_callbacks(self) -> Sequence[pl.Callback]:
+        p = self.params
+        return longrun.health_callbacks(self.projection_dim, p.collapse_std_fraction, p.collapse_patience_steps)
+
+    def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        longrun.check_finite_state(checkpoint["state_dict"], self.trainer)
 
     def on_fit_start(self) -> None:
         params = self.params
@@ -214,6 +252,19 @@ class SelfSupervisedMethod(pl.LightningModule):
                 f"ModelParams.K={params.K} must be a multiple of the global batch "
                 f"{global_batch} (batch_size {params.batch_size} x {self.trainer.world_size} "
                 "processes) with gather_keys_for_queue"
+            )
+        if params.uses_queue and not params.gather_keys_for_queue and self.trainer.world_size > 1:
+            warnings.warn(
+                f"gather_keys_for_queue=False with {self.trainer.world_size} processes: each process enqueues only "
+                "its own keys and DDP broadcasts rank 0's buffers before every step, so every queue holds rank 0's "
+                "keys only; set gather_keys_for_queue=True to enqueue the keys of the whole global batch",
+                stacklevel=2,
+            )
+        if params.loss_type == "swav" and params.swav_queue_length % global_batch != 0:
+            raise ValueError(
+                f"ModelParams.swav_queue_length={params.swav_queue_length} must be a multiple of the global batch "
+                f"{global_batch} (batch_size {params.batch_size} x {self.trainer.world_size} processes): every "
+                "step enqueues the features of all processes"
             )
 
     def configure_optimizers(self) -> Dict[str, Any]:
@@ -232,7 +283,7 @@ class SelfSupervisedMethod(pl.LightningModule):
             epochs = self.trainer.max_epochs if self.trainer.max_epochs not in (None, -1) else params.max_epochs
             warmup_steps = round(params.lars_warmup_epochs * self._total_steps / epochs)
         else:
-            optimizer = torch.optim.SGD(groups, lr=params.lr, momentum=params.momentum)
+            optimizer = torch.optim.SGD(groups, lr=params.lr, momentum=params.momentum, foreach=True)
             warmup_steps = 0
         schedule = components.WarmupCosineSchedule(
             warmup_steps, self._total_steps, params.final_lr_schedule_value / params.lr
@@ -243,7 +294,7 @@ class SelfSupervisedMethod(pl.LightningModule):
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    # --- validation: a linear probe on frozen encoder embeddings ------------------------------------------------------
+    # --- validation: a logistic-regression probe and a weighted kNN on frozen encoder embeddings ----------------------
     def validation_step(self, batch: Tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
         self._validation_outputs.append((self.model(x).detach(), y))
@@ -253,9 +304,16 @@ class SelfSupervisedMethod(pl.LightningModule):
             return
         embeddings, labels = evaluation.concat_outputs(self._validation_outputs)
         self._validation_outputs.clear()
-        accuracies = evaluation.logistic_regression_probe(embeddings, labels, self.params.data_seed)
+        # Every rank probes the embeddings of all ranks (the DistributedSampler pads the validation set to equal
+        # per-rank sizes, so the gather lines up), hence logs the same values and needs no sync_dist.
+        embeddings, labels = distributed.gather(embeddings), distributed.gather(labels)
+        seed = self.params.data_seed
+        accuracies = evaluation.logistic_regression_probe(embeddings, labels, seed)
         if accuracies is not None:
-            self.log_dict({"train_class_acc": accuracies[0], "valid_class_acc": accuracies[1]})
+            self.log_dict({"train_class_acc": accuracies[0], "valid_class_acc": accuracies[1]}, sync_dist=False)
+        knn = evaluation.half_split_knn_accuracy(embeddings, labels, seed)
+        if knn is not None:
+            self.log("valid_knn_acc", knn, sync_dist=False)
 
     # --- data ---------------------------------------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -276,7 +334,7 @@ class SelfSupervisedMethod(pl.LightningModule):
             drop_last=p.drop_last_batch,
             num_workers=p.num_data_workers,
             pin_memory=p.pin_data_memory,
-            seed=p.data_seed,
+            seed=p.seed,
         )
 
     def val_dataloader(self) -> DataLoader:

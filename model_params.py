@@ -25,7 +25,9 @@ MLP_NORMALIZATIONS = (None, "bn", "br", "ln", "gn")
 PREDICTION_MLP_NORMALIZATIONS = ("same",) + MLP_NORMALIZATIONS
 DATASETS = ("stl10", "cifar10", "imagenet", "imagefolder", "synthetic")
 TRANSFORM_TYPES = ("simclr", "byol")
+AUGMENTATION_BACKENDS = ("batched", "pil")
 VIEW_PAIR_REDUCTIONS = ("sum", "mean")
+SYNC_BATCH_NORMS = (None, "heads", "all")
 WS_RESNETS = ("ws_resnet18", "ws_resnet34", "ws_resnet50", "ws_resnet101", "ws_resnet152")
 
 
@@ -51,6 +53,7 @@ class ModelParams:
     use_cifar_stem: Optional[bool] = None  # 3x3/stride-1 first conv, no max-pool; None = on for datasets of <= 64 px
     embedding_dim: int = 512  # width of the encoder output (checked against the real encoder at construction)
     shuffle_batch_norm: bool = False  # MoCo shuffle-BN: permute keys across processes around the momentum encoder
+    channels_last: bool = True  # encoder weights and images in channels_last memory format (faster convolutions)
 
     # --- data ----------------------------------------------------------------------------------------------------
     dataset_name: str = "stl10"  # one of DATASETS
@@ -60,6 +63,7 @@ class ModelParams:
     transform_s: float = 0.5  # colour-jitter strength s (brightness/contrast/saturation 0.8s, hue 0.2s)
     transform_apply_blur: bool = True  # Gaussian blur (p=0.5, sigma 0.1-2) in the "simclr" pipeline
     transform_type: str = "simclr"  # "simclr": MoCo v2/SimCLR views; "byol": asymmetric blur/solarize pair
+    augmentation_backend: str = "batched"  # "batched": views made per batch on the training device; "pil": per image
     num_global_crops: int = 2  # views per image at transform_crop_size
     num_local_crops: int = 0  # extra small views per image (multi-crop); they are queries only
     local_crop_size: Optional[int] = None  # side of local crops in px; None = 3/7 of the global crop (96/224)
@@ -71,6 +75,7 @@ class ModelParams:
     synthetic_train_size: int = 4096  # "synthetic": number of training images
     synthetic_val_size: int = 1024  # "synthetic": number of validation images
     data_seed: int = 0  # seed of the synthetic images, of held-out splits and of the validation probe's split
+    seed: int = 0  # run seed: data order and per-sample augmentations; train.py also seeds weight init and RNGs
     num_data_workers: int = 4  # DataLoader worker processes per device
     drop_last_batch: bool = True  # drop the incomplete last training batch (queues need equal batches)
     pin_data_memory: bool = True  # page-locked host memory for faster host-to-GPU copies
@@ -135,6 +140,13 @@ class ModelParams:
 
     # --- distributed -----------------------------------------------------------------------------------------------
     gather_keys_for_queue: bool = False  # all-gather keys from every process before they enter the queue
+    gather_negatives_across_devices: bool = True  # in-batch candidates from every process, with gradient (else local)
+    vicreg_gather_across_devices: bool = True  # VICReg variance/covariance on every process's batch, with gradient
+    sync_batch_norm: Optional[str] = None  # BatchNorm statistics over all processes: None, "heads", "all" (+encoder)
+
+    # --- long runs -------------------------------------------------------------------------------------------------
+    collapse_std_fraction: float = 0.1  # warn when step_embedding_std < this fraction of 1/sqrt(projection width)...
+    collapse_patience_steps: int = 100  # ... for this many consecutive steps (the collapse monitor; 0 fraction: off)
 
     def __attrs_post_init__(self) -> None:
         validate_params(self)
@@ -187,8 +199,10 @@ def validate_params(p: ModelParams) -> None:
     _check_choice(p, "prediction_mlp_normalization", PREDICTION_MLP_NORMALIZATIONS)
     _check_choice(p, "dataset_name", DATASETS)
     _check_choice(p, "transform_type", TRANSFORM_TYPES)
+    _check_choice(p, "augmentation_backend", AUGMENTATION_BACKENDS)
     _check_choice(p, "view_pair_reduction", VIEW_PAIR_REDUCTIONS)
     _check_choice(p, "mlp_activation", MLP_ACTIVATIONS)
+    _check_choice(p, "sync_batch_norm", SYNC_BATCH_NORMS)
     _check_choice(p, "encoder_arch", encoder_archs())
 
     for field in (
@@ -240,6 +254,9 @@ def validate_params(p: ModelParams) -> None:
     _check_range(p, "center_momentum", 0, 1)
     _check_range(p, "momentum", 0, 1)
     _check_range(p, "holdout_fraction", 0, 1, low_open=True)
+    _check_range(p, "seed", 0)
+    _check_range(p, "collapse_std_fraction", 0)
+    _check_range(p, "collapse_patience_steps", 1)
     if p.loss_constant_factor == 0 or not math.isfinite(p.loss_constant_factor):
         _fail("loss_constant_factor", f"got {p.loss_constant_factor!r}; expected a finite non-zero number")
     for field in ("transform_crop_size", "local_crop_size", "prediction_mlp_hidden_dim"):
@@ -320,6 +337,15 @@ def validate_params(p: ModelParams) -> None:
         suspicious(f"loss_type={p.loss_type!r} on unnormalized embeddings: logits are unbounded")
     if not p.use_lagging_model and p.use_momentum_schedule:
         suspicious("use_momentum_schedule has no effect without a lagging model")
+    heads_have_batch_norm = (
+        p.projection_output_batch_norm
+        or (p.projection_mlp_layers >= 2 and p.mlp_normalization == "bn")
+        or (p.prediction_mlp_layers >= 2 and p.resolved_prediction_mlp_normalization == "bn")
+    )
+    if p.sync_batch_norm == "heads" and not heads_have_batch_norm:
+        suspicious("sync_batch_norm='heads' but the projection and prediction MLPs have no BatchNorm layer")
+    if p.shuffle_batch_norm and p.sync_batch_norm == "all":
+        suspicious("shuffle_batch_norm is redundant with sync_batch_norm='all' (key statistics are already global)")
     if p.shuffle_batch_norm and not p.use_lagging_model:
         suspicious("shuffle_batch_norm shuffles the momentum encoder's batch, but use_lagging_model=False")
     if p.gather_keys_for_queue and not p.uses_queue:
@@ -387,6 +413,7 @@ BYOLParams = _preset(
         use_momentum_schedule=True,
         loss_constant_factor=2,
         transform_type="byol",
+        global_crop_scale=(0.08, 1.0),
         **_BIAS_NORM_EXCLUDED_LARS,
     ),
     "BYOL (Grill et al. 2020, arXiv:2006.07733): predictor, BN heads, 2-2cos per ordering summed over both orderings, "
@@ -399,6 +426,7 @@ VICRegParams = _preset(
     dict(
         use_vicreg_loss=True,
         loss_type="vic",
+        vicreg_gather_across_devices=True,
         use_lagging_model=False,
         use_unit_sphere_projection=False,
         use_negative_examples_from_queue=False,
@@ -421,6 +449,7 @@ EqCoParams = _preset(
 
 _SIMCLR = dict(
     use_negative_examples_from_batch=True,
+    gather_negatives_across_devices=True,
     use_negative_examples_from_queue=False,
     use_lagging_model=False,
     use_both_augmentations_as_queries=True,
@@ -456,6 +485,8 @@ BarlowTwinsParams = _preset(
         mlp_hidden_dim=2048,
         dim=2048,
         barlow_lambda=0.0051,
+        transform_type="byol",
+        global_crop_scale=(0.08, 1.0),
         lr=0.2,
         weight_decay=1.5e-6,
         lars_warmup_epochs=10,
@@ -519,6 +550,7 @@ def MoCoV3Params(**overrides: Any) -> ModelParams:
         weight_decay=1e-6,
         lars_warmup_epochs=10,
         transform_type="byol",
+        global_crop_scale=(0.08, 1.0),
         **_BIAS_NORM_EXCLUDED_LARS,
     )
     return make_params({**fields, **overrides})
@@ -581,6 +613,7 @@ SwAVParams = _preset(
         swav_queue_length=3840,
         swav_queue_start_epoch=15,
         num_local_crops=6,
+        transform_s=1.0,
         global_crop_scale=(0.14, 1.0),
         local_crop_scale=(0.05, 0.14),
         lr=0.6,
@@ -635,6 +668,7 @@ NNCLRParams = _preset(
         weight_decay=1e-6,
         lars_warmup_epochs=10,
         transform_type="byol",
+        global_crop_scale=(0.08, 1.0),
         **_BIAS_NORM_EXCLUDED_LARS,
     ),
     "NNCLR (Dwibedi et al. 2021, arXiv:2104.14548): the positive of each image is the nearest neighbour of its "

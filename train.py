@@ -6,6 +6,12 @@
 (``--lr 0.1``, ``--use_lagging_model false``, ``--transform_crop_size none``, ``--global_crop_scale 0.2 1``); only
 flags given on the command line override the preset. ``--max_epochs`` sets both ModelParams.max_epochs and the
 Trainer. The run ends by writing a checkpoint and printing its path.
+
+Long runs: ``<root_dir>/checkpoints`` receives ``last.ckpt`` after every epoch (``--save_last_every_n_steps``: every
+that many steps instead) and ``epoch=E-step=S.ckpt`` every ``--save_every_n_epochs`` epochs, all written atomically.
+``--resume auto`` continues from the newest complete checkpoint there (or starts afresh if there is none), so the same
+command line restarts a preempted job; ``--resume PATH`` from a given file. ``--seed`` (ModelParams.seed) seeds the
+weight initialization and every global RNG (``pl.seed_everything``) besides the data order and augmentations.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Any, Callable, Dict, Optional, Sequence
 import attr
 import pytorch_lightning as pl
 
+import longrun
 from moco import SelfSupervisedMethod
 from model_params import PRESETS, ModelParams
 
@@ -77,7 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preset", default="moco_v2", choices=sorted(PRESETS), help="named preset (default moco_v2)")
     parser.add_argument("--checkpoint", default=None, help="output checkpoint path (default <root_dir>/<preset>.ckpt)")
     parser.add_argument("--root_dir", default="runs", help="directory for logs and checkpoints (default runs)")
-    parser.add_argument("--seed", type=int, default=None, help="seed everything (default: none)")
+    parser.add_argument("--resume", default=None, metavar="PATH|auto",
+                        help="continue from a checkpoint; auto: the newest complete one of <root_dir>/checkpoints")
+    parser.add_argument("--save_every_n_epochs", type=int, default=10,
+                        help="keep a checkpoint every N epochs in <root_dir>/checkpoints (0: none; default 10)")
+    parser.add_argument("--save_last_every_n_steps", type=int, default=0,
+                        help="write last.ckpt every N optimizer steps instead of after every epoch (default 0)")
     trainer = parser.add_argument_group("Trainer")
     trainer.add_argument("--accelerator", default="auto")
     trainer.add_argument("--devices", default="auto", help="number of devices, a list, or auto")
@@ -105,17 +117,33 @@ def params_from_args(args: argparse.Namespace) -> ModelParams:
     return PRESETS[args.preset](**overrides)
 
 
+def resume_path(resume: Optional[str], directory: str) -> Optional[str]:
+    """The checkpoint to resume from: ``resume`` itself (checked to be complete), or for "auto" the newest complete
+    checkpoint of ``directory`` (None when there is none yet)."""
+    if resume is None:
+        return None
+    if resume != "auto":
+        longrun.check_checkpoint_file(resume)
+        return resume
+    path = longrun.find_resume_checkpoint(directory)
+    print(f"resume: {path}" if path else f"resume: no checkpoint in {directory} yet, starting afresh")
+    return path
+
+
 def main(argv: Optional[Sequence[str]] = None) -> str:
     args = build_parser().parse_args(argv)
-    if args.seed is not None:
-        pl.seed_everything(args.seed, workers=True)
     params = params_from_args(args)
+    directory = os.path.join(args.root_dir, "checkpoints")
+    ckpt_path = resume_path(args.resume, directory)
+    pl.seed_everything(params.seed, verbose=False)  # weights and global RNG draws (the loader seeds itself)
     model = SelfSupervisedMethod(params)
     trainer_kwargs: Dict[str, Any] = {name: getattr(args, name) for name in TRAINER_FLAGS}
     trainer_kwargs["devices"] = _devices(args.devices)
     trainer_kwargs = {k: v for k, v in trainer_kwargs.items() if v is not None}
-    trainer = pl.Trainer(max_epochs=params.max_epochs, default_root_dir=args.root_dir, **trainer_kwargs)
-    trainer.fit(model)
+    callbacks = longrun.checkpoint_callbacks(directory, args.save_every_n_epochs, args.save_last_every_n_steps)
+    trainer = pl.Trainer(max_epochs=params.max_epochs, default_root_dir=args.root_dir, callbacks=callbacks,
+                         plugins=[longrun.AtomicCheckpointIO()], **trainer_kwargs)
+    trainer.fit(model, ckpt_path=ckpt_path)
     path = args.checkpoint or os.path.join(args.root_dir, f"{args.preset}.ckpt")
     trainer.save_checkpoint(path)
     if trainer.is_global_zero:

@@ -49,6 +49,24 @@ def get_encoder(arch: str, cifar_stem: bool = False) -> nn.Module:
     return model
 
 
+def _to_channels_last(module: nn.Module, args: Tuple[Any, ...]) -> Tuple[Any, ...]:
+    x = args[0]
+    if isinstance(x, Tensor) and x.dim() == 4:
+        return (x.contiguous(memory_format=torch.channels_last), *args[1:])
+    return args
+
+
+def use_channels_last(encoder: nn.Module) -> nn.Module:
+    """Store the 4-D weights of ``encoder`` in channels_last format and convert its image input on the way in.
+
+    The conversion is a forward pre-hook rather than a wrapper module, so parameter names (and checkpoints) stay the
+    same; ``copy.deepcopy`` keeps the hook, so a momentum copy of the encoder converts its inputs too.
+    """
+    encoder.to(memory_format=torch.channels_last)
+    encoder.register_forward_pre_hook(_to_channels_last)
+    return encoder
+
+
 @torch.no_grad()
 def encoder_output_dim(encoder: nn.Module, image_size: int) -> int:
     """Width of the encoder's output for one image, measured in eval mode so no BatchNorm statistic moves."""

@@ -103,7 +103,8 @@ def backbone_images_per_second(cifar_stem: bool, batch_size: int, crop: int, ste
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
     params = ModelParams(dataset_name="imagefolder", data_path=args.data_path, transform_crop_size=args.crop_size,
-                         transform_type=args.transform_type, batch_size=args.batch_size, K=args.batch_size)
+                         transform_type=args.transform_type, batch_size=args.batch_size, K=args.batch_size,
+                         augmentation_backend="pil")  # the per-image pipeline (bench_augment.py times "batched")
     crop = data.crop_size(params)
     train, _ = data.pretrain_datasets(params)
     count = min(args.num_images, len(train))

@@ -24,7 +24,8 @@ SHARED_CIFAR10 = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "
 
 
 def params(**fields: Any) -> ModelParams:
-    return ModelParams(**{"batch_size": 8, "K": 64, "num_data_workers": 0, **fields})
+    # the per-image PIL views (test_augment.py covers augmentation_backend="batched")
+    return ModelParams(**{"batch_size": 8, "K": 64, "num_data_workers": 0, "augmentation_backend": "pil", **fields})
 
 
 def save(path: str, image: Image.Image, **kwargs: Any) -> str:

@@ -227,3 +227,43 @@ def test_view_pairs():
     assert view_pairs(2, 0, symmetric=True) == [(0, 1), (1, 0)]
     pairs = view_pairs(2, 6, symmetric=True)  # DINO-style multi-crop: 2 x (2 + 6 - 1) = 14 pairs
     assert len(pairs) == 14 and all(t in (0, 1) and s != t for s, t in pairs)
+
+
+@pytest.mark.parametrize("preset", [BYOLParams, SimCLRParams, VICRegParams])
+def test_criteria_compute_in_float32_under_autocast(preset):
+    """Mixed precision must not reach the loss: the criterion's matmuls run with autocast off, in float32."""
+    z1 = torch.randn(16, 32, generator=torch.Generator().manual_seed(0))
+    z2 = torch.randn(16, 32, generator=torch.Generator().manual_seed(1))
+    params = preset(dim=32)
+    views = [F.normalize(z1, dim=1), F.normalize(z2, dim=1)] if params.use_unit_sphere_projection else [z1, z2]
+    criterion = build_criterion(params)
+    reference = criterion(views, views).loss
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = criterion([v.bfloat16() for v in views], [v.bfloat16() for v in views]).loss
+    assert mixed.dtype == torch.float32
+    expected = criterion([v.bfloat16().float() for v in views], [v.bfloat16().float() for v in views]).loss
+    assert mixed.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert reference.dtype == torch.float32
+
+
+def test_symmetric_criteria_are_unchanged_when_the_views_are_swapped():
+    """methods.md 5(d): a symmetrized loss does not depend on which view is called the first."""
+    z1, z2 = unit(8, 16), unit(8, 16, seed=1)
+    for preset in (BYOLParams, SimCLRParams, VICRegParams):
+        criterion = build_criterion(preset(dim=16))
+        assert criterion([z1, z2], [z1, z2]).loss.item() == pytest.approx(
+            criterion([z2, z1], [z2, z1]).loss.item(), abs=1e-12
+        )
+
+
+def test_nt_xent_ideal_case_b256_and_feature_permutation_invariance():
+    """methods.md 2.4: pairs identical, all others orthogonal, B=256, tau=0.2: log(1 + 510 e^{-5}) = 1.4898; the loss
+    does not depend on the order of the feature dimensions."""
+    z = torch.eye(256, dtype=torch.float64)
+    assert build_criterion(SimCLRParams(T=0.2))([z, z], [z, z]).loss.item() == pytest.approx(1.4898, abs=1e-4)
+    z1, z2 = unit(6, 8), unit(6, 8, seed=3)
+    perm = torch.randperm(8, generator=torch.Generator().manual_seed(1))
+    criterion = build_criterion(SimCLRParams())
+    assert criterion([z1[:, perm], z2[:, perm]], [z1[:, perm], z2[:, perm]]).loss.item() == pytest.approx(
+        criterion([z1, z2], [z1, z2]).loss.item(), abs=1e-12
+    )

@@ -87,7 +87,7 @@ class Recorder(pl.Callback):
         self.target_before.append([p.detach().clone() for p in module.target.parameters()])
 
     def on_train_batch_end(self, trainer: pl.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # Callbacks run before the module's own on_train_batch_end, i.e. after the optimizer step, before the EMA.
+        # After the optimizer step, the EMA step and the enqueue: callbacks see the finished step's state.
         self.target_after_step.append([p.detach().clone() for p in module.target.parameters()])
         self.online_after_step.append(
             [p.detach().clone() for m in (module.model, module.projection_model) for p in m.parameters()]
@@ -102,10 +102,10 @@ def test_ema_update_follows_each_optimizer_step_with_the_scheduled_momentum():
     recorder = Recorder()
     cpu_trainer(callbacks=[recorder], limit_val_batches=0).fit(model)
     total = 4
-    for step in range(total - 1):
+    for step in range(total):
         m = 1 - (1 - params.m) * (1 + math.cos(math.pi * (step + 1) / total)) / 2
         for before, online, after in zip(
-            recorder.target_after_step[step], recorder.online_after_step[step], recorder.target_before[step + 1]
+            recorder.target_before[step], recorder.online_after_step[step], recorder.target_after_step[step]
         ):
             assert torch.allclose(after, m * before + (1 - m) * online, atol=1e-6)
 
@@ -123,8 +123,8 @@ def test_queue_receives_one_batch_of_keys_per_step():
     model = SelfSupervisedMethod(tiny(ModelParams))
     recorder = Recorder()
     cpu_trainer(callbacks=[recorder], limit_val_batches=0).fit(model)
-    # The callback sees the pointer before the module enqueues: 0, 8, 16, 24 (4 steps of 8 keys into K=32).
-    assert recorder.queue_ptr == [0, 8, 16, 24] and int(model.queue.ptr) == 0
+    # The callback sees the pointer after the step's enqueue: 8, 16, 24, 0 (4 steps of 8 keys into K=32).
+    assert recorder.queue_ptr == [8, 16, 24, 0] and int(model.queue.ptr) == 0
 
 
 def test_lars_warmup_is_counted_in_epochs_and_applied_per_step():
@@ -192,3 +192,16 @@ def test_validation_probe_reports_accuracies():
 
 def test_make_params_accepts_model_params_with_overrides():
     assert make_params(ModelParams(), lr=0.3).lr == 0.3
+
+
+def test_channels_last_keeps_names_and_outputs_and_reaches_the_momentum_copy():
+    torch.manual_seed(0)
+    fast = SelfSupervisedMethod(tiny(ModelParams, channels_last=True)).eval()
+    plain = SelfSupervisedMethod(tiny(ModelParams, channels_last=False)).eval()
+    plain.load_state_dict(fast.state_dict())
+    assert fast.state_dict().keys() == plain.state_dict().keys()
+    assert fast.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert fast.target.encoder.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(fast(x), plain(x), atol=1e-5)
+    assert torch.allclose(fast.target.encoder(x), plain.target.encoder(x), atol=1e-5)

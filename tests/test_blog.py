@@ -1,0 +1,53 @@
+"""train_blog.py end to end at toy size: every configuration trains, the summary CSV and figure are written."""
+
+from __future__ import annotations
+
+import csv
+import shlex
+
+import pytest
+from helpers import TINY
+from test_readme import blocks
+
+import train_blog
+from model_params import ModelParams
+
+
+@pytest.mark.parametrize("config", sorted(train_blog.CONFIGS))
+def test_each_configuration_is_the_blog_variant(config):
+    params = train_blog.blog_params(config, TINY)
+    heads = (params.mlp_normalization, params.resolved_prediction_mlp_normalization)
+    expected = {
+        "base": ("bn", "bn"),
+        "pred_only": (None, "bn"),
+        "proj_only": ("bn", None),
+        "no_norm": (None, None),
+        "layer_norm": ("ln", "ln"),
+        "xent": (None, None),
+    }
+    assert heads == expected[config]
+    assert params.loss_type == ("ce" if config == "xent" else "ip") and params.uses_queue == (config == "xent")
+    assert params.optimizer_name == "sgd" and params.prediction_mlp_layers == params.projection_mlp_layers == 2
+    assert isinstance(params, ModelParams) and params.batch_size == TINY["batch_size"]
+
+
+def test_tiny_run_writes_csv_and_figure(tmp_path):
+    argv = ["--epochs", "1", "--seeds", "0", "--configs", "base", "no_norm", "xent", "--out_dir", str(tmp_path)]
+    argv += ["--batch_size", "8", "--num_data_workers", "0"]
+    argv += ["--synthetic_train_size", "32", "--synthetic_val_size", "32"]
+    rows = train_blog.main(argv + ["--small", "--limit_train_batches", "2", "--accelerator", "cpu", "--devices", "1"])
+    with open(tmp_path / "summary.csv") as handle:
+        written = list(csv.DictReader(handle))
+    assert [row["config"] for row in written] == ["base", "no_norm", "xent", train_blog.RANDOM_INIT]
+    assert len(rows) == 4 and all(0 <= float(row["valid_knn_acc"]) <= 100 for row in written)
+    assert all(-1 <= float(row["final_pos_cos"]) <= 1 for row in written[:3])
+    assert (tmp_path / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert list((tmp_path / "base" / "seed_0").glob("events.out.tfevents.*"))
+
+
+def test_readme_blog_commands_parse():
+    commands = [shlex.split(line)[2:] for block in blocks("bash") for line in block.splitlines()
+                if line.startswith("python train_blog.py")]
+    assert commands
+    for argv in commands:
+        train_blog.build_parser().parse_args(argv)

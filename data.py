@@ -142,6 +142,11 @@ def dataset_info(params: Any) -> DatasetInfo:
     return DatasetInfo(name, min(MAX_FOLDER_CROP, side), IMAGENET_MEAN, IMAGENET_STD, len(classes) or None)
 
 
+def uses_cifar_stem(params: Any) -> bool:
+    """Whether the encoder gets the CIFAR stem: ``use_cifar_stem``, or by default for datasets of <= 64 px."""
+    return dataset_info(params).small_images if params.use_cifar_stem is None else params.use_cifar_stem
+
+
 def crop_size(params: Any) -> int:
     """Side of the global crops: ``transform_crop_size``, or the dataset's default."""
     return params.transform_crop_size or dataset_info(params).image_size

@@ -32,7 +32,7 @@ import data
 import evaluation
 import model_params
 import utils
-from train import _add_field, _devices
+from train import add_field, parse_devices
 
 LR_MILESTONES = (0.6, 0.8)  # fractions of the epochs after which the learning rate is divided by 10
 CLASSIFIER_INIT_STD = 0.01  # normal init of the linear layer's weights (bias 0), as MoCo's linear evaluation
@@ -142,36 +142,15 @@ def make_linear_params(
     params: Union[LinearClassifierMethodParams, Mapping[str, Any], None] = None, **overrides: Any
 ) -> LinearClassifierMethodParams:
     """Validated params from params, a dict of fields, or keywords; an unknown name raises ``ValueError``."""
-    base = attr.asdict(params) if isinstance(params, LinearClassifierMethodParams) else dict(params or {})
-    merged = {**base, **overrides}
-    fields = attr.fields_dict(LinearClassifierMethodParams)
-    unknown = [name for name in merged if name not in fields]
-    if unknown:
-        hints = [
-            f"{u!r}" + (f" (did you mean {c[0]!r}?)" if (c := difflib.get_close_matches(u, fields, n=1)) else "")
-            for u in unknown
-        ]
-        raise ValueError(f"LinearClassifierMethodParams has no field {', '.join(hints)}")
-    return LinearClassifierMethodParams(**merged)
-
-
-def cifar_stem(params: Any) -> bool:
-    """Whether the encoder uses the CIFAR stem: ``use_cifar_stem``, or by default for datasets of <= 64 px."""
-    return data.dataset_info(params).small_images if params.use_cifar_stem is None else params.use_cifar_stem
+    return model_params.build_attrs(LinearClassifierMethodParams, params, **overrides)
 
 
 def build_encoder(params: Any) -> nn.Module:
     """The encoder of SelfSupervisedMethod for these params (randomly initialised), its width checked."""
-    encoder = utils.get_encoder(params.encoder_arch, cifar_stem(params))
-    if params.encoder_layer is not None:
-        encoder = utils.HiddenLayerEncoder(encoder, params.encoder_layer)
-    measured = utils.encoder_output_dim(encoder, data.crop_size(params))
-    if measured != params.embedding_dim:
-        raise ValueError(
-            f"embedding_dim is {params.embedding_dim} but encoder_arch {params.encoder_arch!r} "
-            f"(encoder_layer {params.encoder_layer!r}) outputs {measured} features; set embedding_dim={measured}"
-        )
-    return encoder
+    encoder = utils.get_encoder(params.encoder_arch, data.uses_cifar_stem(params))
+    return utils.use_channels_last(
+        utils.with_representation(encoder, params.encoder_layer, data.crop_size(params), params.embedding_dim)
+    )
 
 
 def read_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, Any]:
@@ -247,7 +226,7 @@ class LinearClassifierMethod(pl.LightningModule):
         if fields.get("use_cifar_stem") is None:
             # The stem is part of the pretrained weights: resolve it with the pretraining dataset, whatever the probe's.
             located = {name: overrides[name] for name in ("data_path",) if name in overrides}
-            fields["use_cifar_stem"] = cifar_stem(make_linear_params(fields, **located))
+            fields["use_cifar_stem"] = data.uses_cifar_stem(make_linear_params(fields, **located))
         method = cls(make_linear_params(fields, **overrides))
         method.load_encoder_weights(checkpoint["state_dict"], str(path))
         return method
@@ -397,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     fields = parser.add_argument_group("LinearClassifierMethodParams fields (override the checkpoint and defaults)")
     hints = typing.get_type_hints(LinearClassifierMethodParams)
     for field in attr.fields(LinearClassifierMethodParams):
-        _add_field(fields, field, hints[field.name])
+        add_field(fields, field, hints[field.name])
     return parser
 
 
@@ -413,7 +392,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
         max_epochs=method.params.max_epochs,
         default_root_dir=args.root_dir,
         accelerator=args.accelerator,
-        devices=_devices(args.devices),
+        devices=parse_devices(args.devices),
         strategy=args.strategy,
         precision=args.precision,
         enable_checkpointing=False,

@@ -84,17 +84,11 @@ class SelfSupervisedMethod(pl.LightningModule):
         self.model = backbone if backbone is not None else utils.get_encoder(params.encoder_arch, self.cifar_stem)
         if params.sync_batch_norm == "all":  # before any hook is registered on the encoder's layers
             self.model = distributed.convert_sync_batchnorm(self.model)
-        if params.encoder_layer is not None:
-            self.model = utils.HiddenLayerEncoder(self.model, params.encoder_layer)
+        self.model = utils.with_representation(
+            self.model, params.encoder_layer, data.crop_size(params), params.embedding_dim
+        )
         if params.channels_last:
             utils.use_channels_last(self.model)
-        measured = utils.encoder_output_dim(self.model, data.crop_size(params))
-        if measured != params.embedding_dim:
-            source = "the backbone" if backbone is not None else f"encoder_arch {params.encoder_arch!r}"
-            raise ValueError(
-                f"ModelParams.embedding_dim is {params.embedding_dim} but {source} outputs {measured} "
-                f"features; set embedding_dim={measured}"
-            )
         # DINO's prototype layer ends the projection head, so the teacher's EMA covers it; SwAV's prototypes belong
         # to its criterion (no EMA copy, and the feature queue is scored with the current prototypes).
         self.projection_model = utils.MLP(
@@ -154,8 +148,7 @@ class SelfSupervisedMethod(pl.LightningModule):
     @property
     def cifar_stem(self) -> bool:
         """Whether the encoder uses the 3x3/stride-1 stem: use_cifar_stem, or by default for images <= 64 px."""
-        stem = self.params.use_cifar_stem
-        return data.dataset_info(self.params).small_images if stem is None else stem
+        return data.uses_cifar_stem(self.params)
 
     def forward(self, x: Tensor) -> Tensor:
         """Encoder embeddings [B, embedding_dim] of images [B, 3, H, W]."""

@@ -12,9 +12,11 @@ import difflib
 import functools
 import math
 import warnings
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, TypeVar
 
 import attr
+
+T = TypeVar("T")
 
 LOSS_TYPES = ("ce", "bce", "ip", "vic", "barlow", "neg_cos", "dino", "swav", "supcon", "nnclr")
 CONTRASTIVE_LOSS_TYPES = ("ce", "bce", "ip")  # the losses that read negatives from the batch and/or the queue
@@ -361,17 +363,18 @@ def validate_params(p: ModelParams) -> None:
         suspicious("use_target_stop_gradient only matters without a lagging model (EMA targets get no gradient)")
 
 
-def make_params(params: Optional[Mapping[str, Any] | ModelParams] = None, **overrides: Any) -> ModelParams:
-    """Build validated params from a ``ModelParams``, a dict of fields, or keywords; unknown names raise."""
-    if isinstance(params, ModelParams):
+def build_attrs(cls: Callable[..., T], params: Optional[Mapping[str, Any] | Any] = None, **overrides: Any) -> T:
+    """An instance of the attrs class ``cls`` from an instance, a dict of fields or None, with keyword overrides on
+    top; an unknown name raises ``ValueError`` (with the closest field name), so no override is silently dropped."""
+    if isinstance(params, cls):  # type: ignore[arg-type]
         base: Dict[str, Any] = attr.asdict(params)
     elif params is None:
         base = {}
     elif isinstance(params, Mapping):
         base = dict(params)
     else:
-        raise TypeError(f"params must be ModelParams, a dict or None, not {type(params).__name__}")
-    fields = attr.fields_dict(ModelParams)
+        raise TypeError(f"params must be {cls.__name__}, a dict or None, not {type(params).__name__}")
+    fields = attr.fields_dict(cls)  # type: ignore[arg-type]
     merged = {**base, **overrides}
     unknown = [name for name in merged if name not in fields]
     if unknown:
@@ -379,8 +382,13 @@ def make_params(params: Optional[Mapping[str, Any] | ModelParams] = None, **over
             f"{u!r}" + (f" (did you mean {c[0]!r}?)" if (c := difflib.get_close_matches(u, fields, n=1)) else "")
             for u in unknown
         ]
-        raise ValueError(f"ModelParams has no field {', '.join(hints)}")
-    return ModelParams(**merged)
+        raise ValueError(f"{cls.__name__} has no field {', '.join(hints)}")
+    return cls(**merged)
+
+
+def make_params(params: Optional[Mapping[str, Any] | ModelParams] = None, **overrides: Any) -> ModelParams:
+    """Build validated params from a ``ModelParams``, a dict of fields, or keywords; unknown names raise."""
+    return build_attrs(ModelParams, params, **overrides)
 
 
 def _preset(name: str, fields: Mapping[str, Any], doc: str) -> Callable[..., ModelParams]:

@@ -59,7 +59,7 @@ def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse_optional
 
 
-def _add_field(parser: argparse.ArgumentParser, field: attr.Attribute, annotation: Any) -> None:
+def add_field(parser: argparse.ArgumentParser, field: attr.Attribute, annotation: Any) -> None:
     """One flag per ModelParams field, typed after its annotation; absent flags leave the preset's value."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     optional = origin is typing.Union and type(None) in args
@@ -104,11 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     fields = parser.add_argument_group("ModelParams fields (override the preset)")
     hints = typing.get_type_hints(ModelParams)
     for field in attr.fields(ModelParams):
-        _add_field(fields, field, hints[field.name])
+        add_field(fields, field, hints[field.name])
     return parser
 
 
-def _devices(text: str) -> Any:
+def parse_devices(text: str) -> Any:
     return int(text) if text.isdigit() else text
 
 
@@ -138,7 +138,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     pl.seed_everything(params.seed, verbose=False)  # weights and global RNG draws (the loader seeds itself)
     model = SelfSupervisedMethod(params)
     trainer_kwargs: Dict[str, Any] = {name: getattr(args, name) for name in TRAINER_FLAGS}
-    trainer_kwargs["devices"] = _devices(args.devices)
+    trainer_kwargs["devices"] = parse_devices(args.devices)
     trainer_kwargs = {k: v for k, v in trainer_kwargs.items() if v is not None}
     callbacks = longrun.checkpoint_callbacks(directory, args.save_every_n_epochs, args.save_last_every_n_steps)
     trainer = pl.Trainer(max_epochs=params.max_epochs, default_root_dir=args.root_dir, callbacks=callbacks,

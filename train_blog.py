@@ -36,7 +36,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from moco import SelfSupervisedMethod
 from model_params import BYOLParams, ModelParams
-from train import _devices
+from train import parse_devices
 
 BLOG_BASE: Dict[str, Any] = dict(optimizer_name="sgd", exclude_bias_and_norm_from_lars=False, lr=0.8)
 CONFIGS: Dict[str, Dict[str, Any]] = {
@@ -248,7 +248,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     given = {name: getattr(args, name) for name in DATA_FLAGS}
     overrides.update({name: value for name, value in given.items() if value is not None}, max_epochs=args.epochs)
     trainer_kwargs: Dict[str, Any] = dict(
-        accelerator=args.accelerator, devices=_devices(args.devices), strategy=args.strategy
+        accelerator=args.accelerator, devices=parse_devices(args.devices), strategy=args.strategy
     )
     if args.limit_train_batches is not None:
         trainer_kwargs["limit_train_batches"] = args.limit_train_batches

@@ -49,6 +49,23 @@ def get_encoder(arch: str, cifar_stem: bool = False) -> nn.Module:
     return model
 
 
+def with_representation(encoder: nn.Module, layer: Optional[str], image_size: int, embedding_dim: int) -> nn.Module:
+    """``encoder`` with its representation taken at submodule ``layer`` (None: its output), checked to be
+    ``embedding_dim`` wide on an image of ``image_size`` px (a clear error before any training, not a shape error
+    in the first step)."""
+    if layer is not None:
+        encoder = HiddenLayerEncoder(encoder, layer)
+    measured = encoder_output_dim(encoder, image_size)
+    if measured != embedding_dim:
+        where = f" at encoder_layer {layer!r}" if layer is not None else ""
+        raise ValueError(
+            f"embedding_dim is {embedding_dim} but the encoder ({type(encoder).__name__}) outputs {measured} "
+            f"features{where}; "
+            f"set embedding_dim={measured}"
+        )
+    return encoder
+
+
 def _to_channels_last(module: nn.Module, args: Tuple[Any, ...]) -> Tuple[Any, ...]:
     x = args[0]
     if isinstance(x, Tensor) and x.dim() == 4:

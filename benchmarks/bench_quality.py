@@ -49,6 +49,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     parser.add_argument("--data-path", default=DEFAULT_DATA_PATH, help="folder holding train/<class>/<image>")
+    parser.add_argument("--synthetic", action="store_true",
+                        help="use the built-in synthetic dataset (32 px) instead of --data-path (no files needed)")
     parser.add_argument("--presets", nargs="+", default=sorted(p for p in PRESETS if p != "supcon"),
                         choices=sorted(PRESETS), help="supcon is supervised, so it is left out by default")
     parser.add_argument("--train-per-class", type=int, default=1000, help="pretraining (and kNN bank) images per class")
@@ -100,10 +102,19 @@ def parse_overrides(pairs: Sequence[str]) -> Dict[str, Any]:
     return out
 
 
-def preset_params(name: str, args: argparse.Namespace, data_path: str) -> ModelParams:
+def preset_params(name: str, args: argparse.Namespace, data_path: Optional[str]) -> ModelParams:
+    """The preset for the benchmark's data (an image folder at ``data_path``, or synthetic images when None)."""
+    dataset: Dict[str, Any] = (
+        dict(dataset_name="imagefolder", data_path=data_path)
+        if data_path is not None
+        else dict(
+            dataset_name="synthetic",
+            synthetic_train_size=10 * args.train_per_class,
+            synthetic_val_size=10 * args.holdout_per_class,
+        )
+    )
     overrides: Dict[str, Any] = dict(
-        dataset_name="imagefolder",
-        data_path=data_path,
+        **dataset,
         encoder_arch=args.encoder_arch,
         embedding_dim=args.embedding_dim,
         use_cifar_stem=args.cifar_stem,
@@ -151,6 +162,7 @@ class EpochProbe(pl.Callback):
     def __init__(self, bank: Tuple[Tensor, Tensor], queries: Tuple[Tensor, Tensor]) -> None:
         self.bank, self.queries = bank, queries
         self.knn: List[float] = []
+        self.losses: List[float] = []  # the last step's loss of every epoch
         self.embeddings: Optional[Tuple[Tensor, Tensor]] = None  # (bank, queries) of the latest measurement
 
     def measure(self, encoder: torch.nn.Module) -> Tuple[Tensor, Tensor]:
@@ -160,6 +172,7 @@ class EpochProbe(pl.Callback):
         return bank, queries
 
     def on_train_epoch_end(self, trainer: pl.Trainer, module: SelfSupervisedMethod) -> None:
+        self.losses.append(float(trainer.callback_metrics["step_train_loss"]))
         self.measure(module.model)
 
 
@@ -176,7 +189,6 @@ def run_preset(
     model = SelfSupervisedMethod(params)
     probe = EpochProbe(bank, queries)
     start = time.perf_counter()
-    loss = float("nan")
     if train:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -192,11 +204,11 @@ def run_preset(
                 callbacks=[probe],
             )
             trainer.fit(model)
-        loss = float(trainer.callback_metrics["step_train_loss"])
     minutes = (time.perf_counter() - start) / 60
     bank_embeddings, query_embeddings = probe.embeddings or probe.measure(model.model)
     linear = linear_probe_accuracy(bank_embeddings, bank[1], query_embeddings, queries[1])
-    return {"preset": name, "knn": probe.knn, "linear": linear, "minutes": minutes, "final_loss": loss}
+    return {"preset": name, "knn": probe.knn, "linear": linear, "minutes": minutes, "losses": probe.losses,
+            "final_loss": probe.losses[-1] if probe.losses else float("nan")}
 
 
 def plot(rows: List[Dict[str, Any]], path: str, random_knn: float) -> None:
@@ -219,9 +231,14 @@ def plot(rows: List[Dict[str, Any]], path: str, random_knn: float) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     args = parse_args(argv)
-    subset = os.path.join(args.work_dir, f"data_seed{args.seed}_{args.train_per_class}_{args.holdout_per_class}")
-    if not os.path.isdir(subset):
-        link_subset(args.data_path, subset, (args.train_per_class, args.holdout_per_class), args.seed)
+    if args.synthetic:
+        source = "the synthetic dataset"
+        subset = None
+    else:
+        source = args.data_path
+        subset = os.path.join(args.work_dir, f"data_seed{args.seed}_{args.train_per_class}_{args.holdout_per_class}")
+        if not os.path.isdir(subset):
+            link_subset(args.data_path, subset, (args.train_per_class, args.holdout_per_class), args.seed)
     base = preset_params("moco_v2", args, subset)
     bank_set, query_set = data.eval_datasets(base)
     bank, queries = load_all(bank_set), load_all(query_set)
@@ -231,24 +248,26 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     for name in args.presets:
         row = run_preset(name, preset_params(name, args, subset), bank, queries, args)
         rows.append(row)
-        print(f"{name}: kNN per epoch {[round(a, 1) for a in row['knn']]}, linear {row['linear']:.1f}%, "
-              f"{row['minutes']:.1f} min", flush=True)
+        print(f"{name}: kNN per epoch {[round(a, 1) for a in row['knn']]}, loss per epoch "
+              f"{[round(a, 3) for a in row['losses']]}, linear {row['linear']:.1f}%, {row['minutes']:.1f} min",
+              flush=True)
 
     os.makedirs(args.work_dir, exist_ok=True)
     with open(os.path.join(args.work_dir, "bench_quality.csv"), "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["preset", "epoch", "knn_acc", "linear_acc", "final_loss", "minutes"])
+        writer.writerow(["preset", "epoch", "knn_acc", "loss", "linear_acc", "minutes"])
         for row in rows:
             first = 0 if row["preset"] == "random_init" else 1
-            for epoch, knn in enumerate(row["knn"], start=first):
+            losses = row["losses"] or [float("nan")]
+            for epoch, (knn, loss) in enumerate(zip(row["knn"], losses), start=first):
                 last = epoch == len(row["knn"]) - 1 + first
-                writer.writerow([row["preset"], epoch, round(knn, 2), round(row["linear"], 2) if last else "",
-                                 round(row["final_loss"], 4) if last else "", round(row["minutes"], 2)])
+                writer.writerow([row["preset"], epoch, round(knn, 2), round(loss, 4),
+                                 round(row["linear"], 2) if last else "", round(row["minutes"], 2)])
     random_knn, random_linear = rows[0]["knn"][-1], rows[0]["linear"]
     plot(rows[1:], os.path.join(args.work_dir, "bench_quality.png"), random_knn)
 
     print(f"\n{args.encoder_arch} ({'CIFAR' if args.cifar_stem else 'ImageNet'} stem), {args.epochs} epochs on "
-          f"{len(bank[1])} images of {args.data_path}, batch {args.batch_size}; kNN (k=200, T=0.1) and "
+          f"{len(bank[1])} images of {source}, batch {args.batch_size}; kNN (k=200, T=0.1) and "
           f"linear probe on {len(queries[1])} held-out images. Outputs in {args.work_dir}\n")
     print("| preset | kNN % | linear % | kNN - random | final loss | minutes |")
     print("|---|---:|---:|---:|---:|---:|")

@@ -276,7 +276,7 @@ def test_prototypes_are_frozen_during_the_first_epoch(preset):
             if trainer.current_epoch == 0:
                 assert torch.equal(prototypes, start)
 
-    cpu_trainer(callbacks=[Check()], limit_val_batches=0, max_epochs=2).fit(model)
+    cpu_trainer(callbacks=[Check()], limit_train_batches=2, limit_val_batches=0, max_epochs=2).fit(model)
     assert not torch.equal(prototypes, start)
 
 

@@ -11,6 +11,7 @@ import pytorch_lightning as pl
 import torch
 from helpers import cpu_trainer, tiny
 
+import distributed
 from moco import SelfSupervisedMethod
 from model_params import PRESETS, BYOLParams, ModelParams, SimCLRParams, VICRegParams, make_params
 
@@ -51,8 +52,7 @@ def test_constructor_forms_apply_every_override():
 def test_embedding_dim_is_checked_against_the_encoder():
     with pytest.raises(
         ValueError,
-        match=r"embedding_dim is 512 but encoder_arch 'resnet50' outputs 2048 features; "
-        r"set embedding_dim=2048",
+        match=r"embedding_dim is 512 but the encoder \(ResNet\) outputs 2048 features; set embedding_dim=2048",
     ):
         SelfSupervisedMethod(tiny(ModelParams, encoder_arch="resnet50"))
 
@@ -157,7 +157,8 @@ def test_simclr_uses_one_online_pass_over_both_views_and_no_target_copy():
     assert vicreg.online_views == [0, 1] and vicreg.query_views == [0]
 
 
-def test_single_process_distributed_flags_do_not_crash():
+def test_single_process_distributed_flags_do_not_crash(monkeypatch):
+    monkeypatch.setattr(distributed, "_warned_single_process_shuffle", False)  # the warning is once per process
     params = tiny(ModelParams, shuffle_batch_norm=True, gather_keys_for_queue=True)
     model = SelfSupervisedMethod(params)
     with pytest.warns(UserWarning, match="shuffle_batch_norm has no effect in a single process"):

@@ -25,7 +25,7 @@ resized to S (``data.stored_image_size``), where the PIL crops see the whole ima
 drawn per sample, as torchvision does per image.
 
 Randomness: every batch draws from its own ``torch.Generator`` on the batch's device, seeded from (``seed`` =
-data_seed, rank, global step, number of earlier batches of that step (gradient accumulation)). The views of a batch
+ModelParams.seed, rank, global step, number of earlier batches of that step (gradient accumulation)). The views of a batch
 are thus a function of its images and those numbers only: not of the global RNG, the loader's workers or whether the
 run was interrupted and resumed, and different on every rank and step.
 """
@@ -284,6 +284,6 @@ class BatchedViews:
 
 
 def build_batched_views(params: Any, channels_last: bool = False) -> BatchedViews:
-    """The batched views of ``params`` (its view_specs, the dataset's normalization, seeded with data_seed)."""
+    """The batched views of ``params`` (its view_specs, the dataset's normalization, seeded with the run's seed)."""
     info = data.dataset_info(params)
-    return BatchedViews(view_specs(params), info.mean, info.std, params.data_seed, channels_last)
+    return BatchedViews(view_specs(params), info.mean, info.std, params.seed, channels_last)

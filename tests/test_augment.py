@@ -208,7 +208,7 @@ def test_views_depend_only_on_seed_rank_step_and_repeat() -> None:
     _, batch = synthetic_images(8)
 
     def views(step: int, rank: int, seed: int = 0) -> List[torch.Tensor]:  # a fresh module: as after a resume
-        return augment.build_batched_views(ModelParams(**{**TINY, "data_seed": seed}))(batch, step, rank)
+        return augment.build_batched_views(ModelParams(**{**TINY, "seed": seed}))(batch, step, rank)
 
     first = views(5, 0)
     assert all(torch.equal(a, b) for a, b in zip(first, views(5, 0)))

@@ -25,9 +25,9 @@ resized to S (``data.stored_image_size``), where the PIL crops see the whole ima
 drawn per sample, as torchvision does per image.
 
 Randomness: every batch draws from its own ``torch.Generator`` on the batch's device, seeded from (``seed`` =
-ModelParams.seed, rank, global step, number of earlier batches of that step (gradient accumulation)). The views of a batch
-are thus a function of its images and those numbers only: not of the global RNG, the loader's workers or whether the
-run was interrupted and resumed, and different on every rank and step.
+ModelParams.seed, rank, global step, number of earlier batches of that step (gradient accumulation)). The views of a
+batch are thus a function of its images and those numbers only: not of the global RNG, the loader's workers or
+whether the run was interrupted and resumed, and different on every rank and step.
 """
 
 from __future__ import annotations

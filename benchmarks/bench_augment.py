@@ -79,7 +79,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--val-images", type=int, default=1000, help="held-out images probed after each epoch")
     parser.add_argument("--pretrain-epochs", type=int, default=3)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
-                        help="pretraining runs per backend (seed_everything and data_seed)")
+                        help="pretraining runs per backend (seed_everything, seed and data_seed)")
     parser.add_argument("--pretrain-workers", type=int, default=0, help="DataLoader workers of the pretraining runs")
     parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results"),
                         help="folder for bench_augment_<part>.csv and bench_augment.md")
@@ -260,7 +260,7 @@ def pretrain_part(data_path: str, args: argparse.Namespace) -> Dict[str, List[Ro
         for backend in ("pil", "batched"):
             pl.seed_everything(seed, verbose=False)  # both backends start from the same weights
             params = simclr_params(data_path, args, augmentation_backend=backend, max_epochs=args.pretrain_epochs,
-                                   num_data_workers=args.pretrain_workers, data_seed=seed)
+                                   num_data_workers=args.pretrain_workers, seed=seed, data_seed=seed)
             log = EpochLog()
             trainer(args.pretrain_epochs, [log]).fit(SelfSupervisedMethod(params))
             runs += [{"backend": backend, "seed": seed, **row} for row in log.rows]

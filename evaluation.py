@@ -3,7 +3,7 @@ validation epoch of pretraining (moco.py) and by the linear-probe command line (
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -35,12 +35,20 @@ def logistic_regression_probe(embeddings: Tensor, labels: Tensor, seed: int) -> 
     fit, held_out = half_split(len(y), seed)
     if len(np.unique(y[fit])) < 2 or len(held_out) == 0:
         return None
-    scaler = StandardScaler().fit(x[fit])
-    classifier = LogisticRegression(max_iter=1000).fit(scaler.transform(x[fit]), y[fit])
-    return (
-        100.0 * classifier.score(scaler.transform(x[fit]), y[fit]),
-        100.0 * classifier.score(scaler.transform(x[held_out]), y[held_out]),
+    fit_accuracy, held_out_accuracy = logistic_regression_accuracies(
+        (x[fit], y[fit]), (x[fit], y[fit]), (x[held_out], y[held_out])
     )
+    return fit_accuracy, held_out_accuracy
+
+
+def logistic_regression_accuracies(
+    fit: Tuple[np.ndarray, np.ndarray], *evaluate: Tuple[np.ndarray, np.ndarray]
+) -> List[float]:
+    """A logistic regression (a linear probe) fit on standardized features ``fit`` = (x [N, D], y [N]); its accuracy
+    in percent on each (x, y) of ``evaluate``."""
+    scaler = StandardScaler().fit(fit[0])
+    classifier = LogisticRegression(max_iter=1000).fit(scaler.transform(fit[0]), fit[1])
+    return [100.0 * classifier.score(scaler.transform(x), y) for x, y in evaluate]
 
 
 @torch.no_grad()

@@ -145,16 +145,6 @@ def embed(encoder: torch.nn.Module, images: Tensor) -> Tensor:
     return out
 
 
-def linear_probe_accuracy(train: Tensor, train_labels: Tensor, test: Tensor, test_labels: Tensor) -> float:
-    """Logistic regression on standardized frozen embeddings, as evaluation.logistic_regression_probe."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-
-    scaler = StandardScaler().fit(train.numpy())
-    classifier = LogisticRegression(max_iter=1000).fit(scaler.transform(train.numpy()), train_labels.numpy())
-    return 100.0 * classifier.score(scaler.transform(test.numpy()), test_labels.numpy())
-
-
 class EpochProbe(pl.Callback):
     """kNN accuracy of the held-out images against the pretraining images' embeddings, before training and after
     every epoch."""
@@ -206,7 +196,9 @@ def run_preset(
             trainer.fit(model)
     minutes = (time.perf_counter() - start) / 60
     bank_embeddings, query_embeddings = probe.embeddings or probe.measure(model.model)
-    linear = linear_probe_accuracy(bank_embeddings, bank[1], query_embeddings, queries[1])
+    (linear,) = evaluation.logistic_regression_accuracies(
+        (bank_embeddings.numpy(), bank[1].numpy()), (query_embeddings.numpy(), queries[1].numpy())
+    )
     return {"preset": name, "knn": probe.knn, "linear": linear, "minutes": minutes, "losses": probe.losses,
             "final_loss": probe.losses[-1] if probe.losses else float("nan")}
 

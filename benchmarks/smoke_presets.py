@@ -1,0 +1,90 @@
+"""Smoke run of every preset: a few optimizer steps on the synthetic data and, when given, an ImageFolder, printing
+the training loss of every step as a markdown table (a quick check that each method trains on a dataset).
+
+Example (the trajectories in the methods issue's closing note):
+    python benchmarks/smoke_presets.py --data-path benchmarks/results/quality/data_seed0_1000_500
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from typing import Any, Dict, List, Optional, Sequence
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+import pytorch_lightning as pl  # noqa: E402
+
+from moco import SelfSupervisedMethod  # noqa: E402
+from model_params import PRESETS  # noqa: E402
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--presets", nargs="+", default=sorted(PRESETS), choices=sorted(PRESETS))
+    parser.add_argument("--data-path", default=None, help="also run on this ImageFolder (train/<class>/<image>)")
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+class StepLosses(pl.Callback):
+    def __init__(self) -> None:
+        self.values: List[float] = []
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        self.values.append(float(trainer.callback_metrics["step_train_loss"]))
+
+
+def small_overrides(name: str, batch_size: int) -> Dict[str, Any]:
+    """Narrow heads and few prototypes / local crops, so that a step takes a second on a CPU."""
+    preset = PRESETS[name]()
+    fields: Dict[str, Any] = dict(
+        batch_size=batch_size, use_cifar_stem=False, num_data_workers=0, mlp_hidden_dim=64, dim=32, max_epochs=1
+    )
+    if preset.uses_queue:
+        fields["K"] = 4 * batch_size
+    if preset.loss_type in ("dino", "swav"):
+        fields.update(num_prototypes=16, swav_queue_length=0, num_local_crops=min(preset.num_local_crops, 2))
+    if preset.prediction_mlp_hidden_dim is not None:
+        fields["prediction_mlp_hidden_dim"] = 16
+    return fields
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = parse_args(argv)
+    datasets: Dict[str, Dict[str, Any]] = {
+        "synthetic": dict(dataset_name="synthetic", synthetic_train_size=args.steps * args.batch_size)
+    }
+    if args.data_path:
+        datasets["imagefolder"] = dict(dataset_name="imagefolder", data_path=args.data_path)
+    print(f"| preset | data | step_train_loss, steps 1-{args.steps} |\n|---|---|---|")
+    for name in args.presets:
+        for label, dataset in datasets.items():
+            pl.seed_everything(args.seed, verbose=False)
+            model = SelfSupervisedMethod(PRESETS[name](**small_overrides(name, args.batch_size), **dataset))
+            losses = StepLosses()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                trainer = pl.Trainer(
+                    accelerator="cpu",
+                    max_steps=args.steps,
+                    limit_val_batches=0,
+                    logger=False,
+                    enable_checkpointing=False,
+                    enable_progress_bar=False,
+                    enable_model_summary=False,
+                    callbacks=[losses],
+                )
+                trainer.fit(model)
+            print(f"| {name} | {label} | {' → '.join(f'{v:.4g}' for v in losses.values)} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

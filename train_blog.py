@@ -122,31 +122,24 @@ def run_blog(
             trainer = _trainer(params, out_dir, config, seed, [recorder], trainer_kwargs)
             trainer.fit(SelfSupervisedMethod(params))
             curves[config, seed] = recorder
-            rows.append(
-                dict(
-                    config=config,
-                    seed=seed,
-                    valid_class_acc=_metric(trainer, "valid_class_acc"),
-                    valid_knn_acc=_metric(trainer, "valid_knn_acc"),
-                    final_pos_cos=recorder.final(2),
-                    final_neg_cos=recorder.final(3),
-                )
-            )
+            rows.append(_summary_row(config, seed, trainer, recorder.final(2), recorder.final(3)))
         pl.seed_everything(seed, workers=True)
         trainer = _trainer(reference, out_dir, RANDOM_INIT, seed, [], trainer_kwargs)
         trainer.validate(SelfSupervisedMethod(reference), verbose=False)
-        rows.append(
-            dict(
-                config=RANDOM_INIT,
-                seed=seed,
-                valid_class_acc=_metric(trainer, "valid_class_acc"),
-                valid_knn_acc=_metric(trainer, "valid_knn_acc"),
-                final_pos_cos=math.nan,
-                final_neg_cos=math.nan,
-            )
-        )
+        rows.append(_summary_row(RANDOM_INIT, seed, trainer, math.nan, math.nan))
     write_summary(rows, curves, out_dir)
     return rows
+
+
+def _summary_row(config: str, seed: int, trainer: pl.Trainer, pos_cos: float, neg_cos: float) -> Dict[str, Any]:
+    return dict(
+        config=config,
+        seed=seed,
+        valid_class_acc=_metric(trainer, "valid_class_acc"),
+        valid_knn_acc=_metric(trainer, "valid_knn_acc"),
+        final_pos_cos=pos_cos,
+        final_neg_cos=neg_cos,
+    )
 
 
 def _trainer(

@@ -19,7 +19,7 @@ sys.path.insert(0, REPO)
 import pytorch_lightning as pl  # noqa: E402
 
 from moco import SelfSupervisedMethod  # noqa: E402
-from model_params import PRESETS  # noqa: E402
+from model_params import PRESETS, small_run_overrides  # noqa: E402
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -42,21 +42,6 @@ class StepLosses(pl.Callback):
         self.values.append(float(trainer.callback_metrics["step_train_loss"]))
 
 
-def small_overrides(name: str, batch_size: int) -> Dict[str, Any]:
-    """Narrow heads and few prototypes / local crops, so that a step takes a second on a CPU."""
-    preset = PRESETS[name]()
-    fields: Dict[str, Any] = dict(
-        batch_size=batch_size, use_cifar_stem=False, num_data_workers=0, mlp_hidden_dim=64, dim=32, max_epochs=1
-    )
-    if preset.uses_queue:
-        fields["K"] = 4 * batch_size
-    if preset.loss_type in ("dino", "swav"):
-        fields.update(num_prototypes=16, swav_queue_length=0, num_local_crops=min(preset.num_local_crops, 2))
-    if preset.prediction_mlp_hidden_dim is not None:
-        fields["prediction_mlp_hidden_dim"] = 16
-    return fields
-
-
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
     datasets: Dict[str, Dict[str, Any]] = {
@@ -68,7 +53,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     for name in args.presets:
         for label, dataset in datasets.items():
             pl.seed_everything(args.seed, verbose=False)
-            model = SelfSupervisedMethod(PRESETS[name](**small_overrides(name, args.batch_size), **dataset))
+            fields = small_run_overrides(PRESETS[name](), args.batch_size)
+            fields.update(use_cifar_stem=False, num_data_workers=0)
+            model = SelfSupervisedMethod(PRESETS[name](**fields, **dataset, max_epochs=1))
             losses = StepLosses()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

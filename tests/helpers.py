@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import pytorch_lightning as pl
 
-from model_params import ModelParams
+from model_params import ModelParams, small_run_overrides
 
 # Small enough for a CPU step in well under a second, large enough for BatchNorm and a queue.
 TINY = dict(
@@ -25,21 +25,8 @@ TINY = dict(
 
 
 def tiny(preset: Callable[..., ModelParams], **overrides: Any) -> ModelParams:
-    """A preset shrunk for CPU tests: narrow heads, few prototypes and local crops, a queue of 4 batches."""
-    fields = dict(TINY)
-    full = preset()
-    if full.uses_queue:
-        fields["K"] = 32
-    if full.loss_type in ("dino", "swav"):
-        fields.update(
-            num_prototypes=16,
-            swav_queue_length=16 if full.swav_queue_length else 0,
-            num_local_crops=min(full.num_local_crops, 2),
-        )
-    if full.prediction_mlp_hidden_dim is not None:
-        fields["prediction_mlp_hidden_dim"] = 16
-    fields.update(overrides)
-    return preset(**fields)
+    """A preset shrunk for CPU tests (model_params.small_run_overrides at batch 8, synthetic 32 px data)."""
+    return preset(**{**TINY, **small_run_overrides(preset(), TINY["batch_size"]), **overrides})
 
 
 def cpu_trainer(**kwargs: Any) -> pl.Trainer:

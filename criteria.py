@@ -160,7 +160,7 @@ class ContrastiveCriterion(PairwiseCriterion):
             negatives.append(query @ step.memory)  # [B, K]
         neg = torch.cat(negatives, dim=1) if negatives else query.new_zeros(query.shape[0], 0)
         metrics = cosine_metrics(query, key)
-        if neg.shape[1] > 0:
+        if self.batch_negatives or step.memory is not None:  # logged from the first step, when the queue is empty
             metrics.update(accuracy_metrics(pos, neg))
         return LossOutput(self.loss_fn(pos, neg), metrics)
 
@@ -229,7 +229,8 @@ class NNCLRCriterion(PairwiseCriterion):
         query, key, memory = step.queries[s], step.keys[t], step.memory
         assert memory is not None, "NNCLR needs its support set"
         with torch.no_grad():
-            neighbours = memory.T[(key @ memory).argmax(dim=1)]  # [B, D]
+            # the first step has an empty support set: each key is its own neighbour
+            neighbours = memory.T[(key @ memory).argmax(dim=1)] if memory.shape[1] else key  # [B, D]
         candidates = self.gather(query)
         pos, neg = losses.split_positive(
             neighbours @ candidates.T, own_rows(query.shape[0], candidates.shape[0], query.device)

@@ -36,17 +36,21 @@ def info_nce_loss(pos: Tensor, neg: Tensor, temperature: float, neg_log_factor: 
     """InfoNCE (Oord et al. 2018, arXiv:1807.03748; MoCo arXiv:1911.05722): CE([pos, neg]/T, label 0), mean over B.
 
     ``neg_log_factor`` adds log(f) to every negative logit, i.e. scales the negative sum by f inside the softmax
-    (EqCo). Computed by logsumexp, so large logits / small temperatures cannot overflow.
+    (EqCo). Computed by a log-softmax, so large logits / small temperatures cannot overflow.
     """
-    logits = _fp32(torch.cat([pos[:, None], neg], dim=1)) / temperature
-    logits[:, 1:] += neg_log_factor
-    return (torch.logsumexp(logits, dim=1) - logits[:, 0]).mean()
+    # One [B, 1+N] buffer scaled in place and the fused cross-entropy kernel: with a 65536-key queue these are the
+    # largest tensors of the step, and every extra elementwise pass over them costs more than the projection head.
+    logits = _fp32(torch.cat([pos[:, None], neg], dim=1)).div_(temperature)
+    if neg_log_factor:
+        logits[:, 1:] += neg_log_factor
+    return F.cross_entropy(logits, torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device))
 
 
 def eqco_loss(pos: Tensor, neg: Tensor, temperature: float, alpha: float) -> Tensor:
     """EqCo (Zhu et al. 2020, arXiv:2010.01929): InfoNCE with the negative sum scaled by alpha / N, so the loss and
-    its gradient behave as with ``alpha`` negatives whatever the real count N = neg.shape[1]. alpha = N is InfoNCE."""
-    return info_nce_loss(pos, neg, temperature, math.log(alpha / neg.shape[1]))
+    its gradient behave as with ``alpha`` negatives whatever the real count N = neg.shape[1]. alpha = N is InfoNCE;
+    with N = 0 (an empty queue) the loss is 0."""
+    return info_nce_loss(pos, neg, temperature, math.log(alpha / neg.shape[1]) if neg.shape[1] else 0.0)
 
 
 def binary_contrastive_loss(pos: Tensor, neg: Tensor, temperature: float) -> Tensor:
@@ -111,9 +115,14 @@ def off_diagonal_covariance(z: Tensor) -> Tensor:
 
 @torch.no_grad()
 def contrastive_accuracy(pos: Tensor, neg: Tensor) -> Tuple[Tensor, Tensor]:
-    """Top-1 and top-5 accuracy (percent) of picking the positive among [pos, neg]; ties count against it."""
-    rank = (neg >= pos[:, None]).sum(dim=1)
-    return (rank < 1).float().mean() * 100, (rank < 5).float().mean() * 100
+    """Top-1 and top-5 accuracy (percent) of picking the positive among [pos, neg]; ties count against it.
+
+    The positive is in the top k when it beats the k-th largest negative, so with N < k negatives it always is.
+    """
+    top = neg.topk(min(5, neg.shape[1]), dim=1).values  # one pass over [B, N], no [B, N] temporary
+    below_all = torch.full_like(pos, -math.inf)
+    first, fifth = (top[:, k] if top.shape[1] > k else below_all for k in (0, 4))
+    return (first < pos).float().mean() * 100, (fifth < pos).float().mean() * 100
 
 
 @torch.no_grad()

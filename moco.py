@@ -172,7 +172,7 @@ class SelfSupervisedMethod(pl.LightningModule):
         projections = self._online_projections(views)
         queries = self._queries(projections)
         keys = [None if k is None else self.normalize(k) for k in self.target(views, projections)]
-        out = self.criterion(queries, keys, None if self.queue is None else self.queue.keys, labels)
+        out = self.criterion(queries, keys, None if self.queue is None else self.queue.memory(), labels)
         self._step_keys = keys
         batch_size = views[0].shape[0]
         spread = longrun.embedding_std(projections[self.query_views[0]])  # type: ignore[arg-type]

@@ -83,7 +83,7 @@ class ModelParams:
     pin_data_memory: bool = True  # page-locked host memory for faster host-to-GPU copies
 
     # --- method: embeddings, target network, negatives -------------------------------------------------------------
-    K: int = 65536  # queue length (number of stored negative keys)
+    K: int = 65536  # queue length (number of stored negative keys; it starts empty, negatives are real keys only)
     dim: int = 128  # output width of the projection (and prediction) MLP
     m: float = 0.996  # momentum of the target (lagging) network's EMA, in [0, 1]
     T: float = 0.2  # softmax temperature of the contrastive losses
@@ -406,6 +406,34 @@ def small_run_overrides(preset: ModelParams, batch_size: int) -> Dict[str, Any]:
     if preset.prediction_mlp_hidden_dim is not None:
         fields["prediction_mlp_hidden_dim"] = 16
     return fields
+
+
+# Short runs: the presets' epoch-denominated schedules were written for 100-1000 epochs. Each is capped at the
+# fraction of the run it takes in its paper's shortest recipe, so a run of a few epochs is not all warmup.
+SHORT_RUN_WARMUP_FRACTION = 0.1  # LR warmup: 10 of 100 epochs (MoCo v3, VICReg, Barlow Twins: 10 of 100-1000)
+SHORT_RUN_TEACHER_WARMUP_FRACTION = 0.3  # DINO teacher temperature: 30 of 100 epochs
+SHORT_RUN_FREEZE_FRACTION = 0.01  # frozen prototypes: SwAV's official 313 of 31,300+ iterations, DINO's 1 of 100
+SHORT_RUN_MAX_MOMENTUM = 0.99  # EMA time constant 100 steps (solo-learn's CIFAR recipes start at 0.99)
+
+
+def short_run_overrides(preset: ModelParams) -> Dict[str, Any]:
+    """Field overrides that scale ``preset``'s schedules to a run of ``preset.max_epochs`` epochs.
+
+    Warmups and prototype freezing are capped at a fraction of the run (the SHORT_RUN_* constants) and the EMA
+    momentum at 0.99: at 0.996 the target's time constant, 250 steps, exceeds a 160-step run, and its weights
+    would stay close to their random initialisation. Runs of 100 epochs or more get no overrides.
+    """
+    epochs = preset.max_epochs
+    if epochs >= 100:
+        return {}
+    return dict(
+        lars_warmup_epochs=min(preset.lars_warmup_epochs, SHORT_RUN_WARMUP_FRACTION * epochs),
+        teacher_temperature_warmup_epochs=min(
+            preset.teacher_temperature_warmup_epochs, round(SHORT_RUN_TEACHER_WARMUP_FRACTION * epochs)
+        ),
+        freeze_prototypes_epochs=min(preset.freeze_prototypes_epochs, int(SHORT_RUN_FREEZE_FRACTION * epochs)),
+        m=min(preset.m, SHORT_RUN_MAX_MOMENTUM),
+    )
 
 
 def _preset(name: str, fields: Mapping[str, Any], doc: str) -> Callable[..., ModelParams]:

@@ -12,7 +12,9 @@ epoch a logistic regression (a linear probe) is fit on the same embeddings and s
 random-init row is the same encoder before any training. Outputs: a CSV per epoch, a markdown table, a PNG plot.
 
 Short-run overrides (the budget is minutes, not days): queues and support sets hold ``--queue-size`` keys (65536
-keys of a 10,000-image run would be up to 6 epochs old); everything else is the preset's.
+keys of a 10,000-image run would be up to 6 epochs old), and ``model_params.short_run_overrides`` caps the
+presets' warmups, prototype freezing and EMA momentum to fit ``--epochs`` (``--paper-schedules`` keeps them);
+everything else is the preset's.
 
 Example (the table in the benchmarks issue's closing note; about an hour on a 2-core CPU):
     python benchmarks/bench_quality.py
@@ -41,7 +43,7 @@ import pytorch_lightning as pl  # noqa: E402
 import data  # noqa: E402
 import evaluation  # noqa: E402
 from moco import SelfSupervisedMethod  # noqa: E402
-from model_params import PRESETS, ModelParams  # noqa: E402
+from model_params import PRESETS, ModelParams, short_run_overrides  # noqa: E402
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -64,6 +66,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers")
     parser.add_argument("--accelerator", default="auto")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split and of every run")
+    parser.add_argument("--paper-schedules", action="store_true",
+                        help="keep the presets' warmups, prototype freezing and EMA momentum as written for long runs "
+                        "(default: model_params.short_run_overrides scales them to --epochs)")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="extra ModelParams overrides for every preset, e.g. lr=0.3 (Python literals)")
     parser.add_argument("--work-dir", default=os.path.join(REPO, "benchmarks", "results", "quality"))
@@ -125,6 +130,8 @@ def preset_params(name: str, args: argparse.Namespace, data_path: Optional[str])
     )
     if PRESETS[name]().uses_queue:
         overrides["K"] = args.queue_size
+    if not args.paper_schedules:
+        overrides.update(short_run_overrides(PRESETS[name](**overrides)))
     overrides.update(parse_overrides(args.set))
     return PRESETS[name](**overrides)
 

@@ -1,14 +1,20 @@
-"""Training-step throughput of every preset next to the bare backbone's required compute, measured in one run.
+"""Training-step throughput of every preset next to its required compute, measured in one run.
 
 For each preset, the framework step is a real ``pl.Trainer`` fit of ``SelfSupervisedMethod`` on views already in
 memory (no decoding or augmentation: ``bench_data.py`` and ``bench_augment.py`` measure those), timed from one
 ``on_train_batch_start`` to the next, so it includes the forward passes, the loss, backward, the optimizer and
-scheduler steps, the EMA and queue updates and Lightning's logging. The required compute is the bare encoder (same
-architecture, stem and memory format) doing forward + backward on every view the online network sees, plus a
-no-grad forward of the views the momentum encoder sees. Both are the median step time over ``--steps`` steps after
-``--warmup`` steps, and the two are interleaved ``--rounds`` times with the fastest round kept, because other load on
-the machine only ever slows a step down. Peak memory: the process's peak RSS on CPU (each preset runs in its own
-process, the bare backbone first), ``torch.cuda.max_memory_allocated`` on GPU.
+scheduler steps, the EMA and queue updates and Lightning's logging.
+
+The required compute is the same networks in bare PyTorch: forward + backward of every view the online network sees
+(encoder, projection and prediction MLPs) plus a no-grad forward of the views the target network (encoder and
+projection) sees; no loss, no optimizer, no framework. ``ratio`` = framework step / required compute is the
+overhead the framework adds: the loss with its similarity matrices, the optimizer, the EMA and queue updates and
+the bookkeeping. The bare encoder alone (no heads) is the third column, for scale.
+
+All are the median step time over ``--steps`` steps after ``--warmup`` steps; the measurements are interleaved
+``--rounds`` times and the fastest round is kept, because other load on the machine only ever slows a step down.
+Peak memory: the process's peak RSS on CPU (each preset runs in its own process, the bare networks first),
+``torch.cuda.max_memory_allocated`` on GPU.
 
 Example (the table in the benchmarks issue's closing note):
     python benchmarks/bench_throughput.py --batch-size 256 --image-size 32
@@ -17,6 +23,7 @@ Example (the table in the benchmarks issue's closing note):
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import multiprocessing
 import os
@@ -28,7 +35,6 @@ import warnings
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
-from torch import Tensor
 from torch.utils.data import Dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,8 +42,8 @@ sys.path.insert(0, REPO)
 
 import pytorch_lightning as pl  # noqa: E402
 
+import components  # noqa: E402
 import data  # noqa: E402
-import utils  # noqa: E402
 from moco import SelfSupervisedMethod  # noqa: E402
 from model_params import PRESETS, ModelParams  # noqa: E402
 
@@ -130,32 +136,32 @@ def framework_step_seconds(params: ModelParams, dataset: Dataset, args: argparse
     return steps[args.warmup :]
 
 
-def required_compute_seconds(params: ModelParams, model: SelfSupervisedMethod, args: argparse.Namespace) -> List[float]:
-    """Bare encoder: forward + backward of the online views, no-grad forward of the momentum encoder's views."""
+def required_compute_seconds(
+    params: ModelParams, model: SelfSupervisedMethod, args: argparse.Namespace, heads: bool
+) -> List[float]:
+    """Bare PyTorch, no Lightning, no loss, no optimizer: forward + backward of every online view and a no-grad
+    forward of the target network's views. With ``heads`` the networks are the method's (online: encoder,
+    projection and prediction MLPs; target: encoder and projection), otherwise the encoder alone."""
     device = torch.device("cuda" if args.accelerator == "gpu" else "cpu")
-    cifar_stem = model.cifar_stem
-    online = utils.get_encoder(params.encoder_arch, cifar_stem).to(device, memory_format=torch.channels_last)
-    target = utils.get_encoder(params.encoder_arch, cifar_stem).to(device, memory_format=torch.channels_last)
+    online_encoder = copy.deepcopy(model.model).to(device)  # same architecture, stem and memory format
+    projection = copy.deepcopy(model.projection_model).to(device) if heads else torch.nn.Identity()
+    prediction = copy.deepcopy(model.prediction_model).to(device) if heads else torch.nn.Identity()
+    target_encoder = copy.deepcopy(model.model).to(device).requires_grad_(False)
+    target_projection = copy.deepcopy(projection).requires_grad_(False)
     shapes = view_shapes(params)
-
-    def batch(indices: Sequence[int]) -> List[Tensor]:
-        by_shape: Dict[tuple, int] = {}
-        for i in indices:
-            by_shape[tuple(shapes[i])] = by_shape.get(tuple(shapes[i]), 0) + 1
-        return [
-            torch.randn(count * args.batch_size, *shape, device=device).contiguous(memory_format=torch.channels_last)
-            for shape, count in by_shape.items()
-        ]
-
-    online_views = batch(model.online_views)
-    target_views = batch(model.target.key_views) if params.use_lagging_model else []
+    views = [torch.randn(args.batch_size, *shape, device=device) for shape in shapes]
+    query_views = model.query_views
+    target_views = model.target.key_views if params.use_lagging_model else []
 
     def step() -> None:
-        online.zero_grad(set_to_none=True)
-        sum(online(x).square().mean() for x in online_views).backward()
-        with torch.no_grad():
-            for x in target_views:
-                target(x)
+        online_encoder.zero_grad(set_to_none=True)
+        embeddings = components.encode_views(online_encoder, [views[i] for i in model.online_views])
+        projections = dict(zip(model.online_views, projection(torch.cat(embeddings)).chunk(len(embeddings))))
+        queries = prediction(torch.cat([projections[i] for i in query_views]))
+        queries.square().mean().backward()
+        if target_views:
+            with torch.no_grad():
+                target_projection(target_encoder(torch.cat([views[i] for i in target_views])))
 
     times = []
     for i in range(args.warmup + args.steps):
@@ -185,24 +191,28 @@ def measure_preset(name: str, args: argparse.Namespace) -> Dict[str, Any]:
     dataset = InMemoryViews(shapes, length)
     probe = SelfSupervisedMethod(params, train_dataset=dataset)
     framework: List[float] = []
-    bare: List[float] = []
+    backbone: List[float] = []
+    network: List[float] = []
     bare_memory = framework_memory = 0.0
     for _ in range(args.rounds):
-        bare.append(statistics.median(required_compute_seconds(params, probe, args)))
+        backbone.append(statistics.median(required_compute_seconds(params, probe, args, heads=False)))
+        network.append(statistics.median(required_compute_seconds(params, probe, args, heads=True)))
         bare_memory = max(bare_memory, peak_memory_mb())
         framework.append(statistics.median(framework_step_seconds(params, dataset, args)))
         framework_memory = max(framework_memory, peak_memory_mb())
-    framework_step, bare_step = min(framework), min(bare)
+    framework_step, backbone_step, network_step = min(framework), min(backbone), min(network)
     return {
         "preset": name,
         "views": "+".join(f"{s[1]}px" for s in shapes),
         "online_views": len(probe.online_views),
         "target_views": len(probe.target.key_views) if params.use_lagging_model else 0,
         "framework_images_per_s": args.batch_size / framework_step,
-        "bare_images_per_s": args.batch_size / bare_step,
+        "required_images_per_s": args.batch_size / network_step,
         "framework_step_ms": 1000 * framework_step,
-        "bare_step_ms": 1000 * bare_step,
-        "ratio": framework_step / bare_step,
+        "required_step_ms": 1000 * network_step,
+        "backbone_step_ms": 1000 * backbone_step,
+        "ratio": framework_step / network_step,
+        "ratio_to_backbone": framework_step / backbone_step,
         "framework_peak_mb": framework_memory,
         "bare_peak_mb": bare_memory,
     }
@@ -223,7 +233,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
         rows.append(queue.get())
         process.join()
         row = rows[-1]
-        print(f"{name}: framework {row['framework_step_ms']:.0f} ms, bare {row['bare_step_ms']:.0f} ms, "
+        print(f"{name}: framework {row['framework_step_ms']:.0f} ms, required {row['required_step_ms']:.0f} ms, "
               f"ratio {row['ratio']:.3f}", flush=True)
 
     os.makedirs(os.path.dirname(os.path.abspath(args.csv)), exist_ok=True)
@@ -234,12 +244,13 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     stem = "CIFAR" if args.cifar_stem else "ImageNet"
     print(f"\n{args.encoder_arch} ({stem} stem), batch {args.batch_size}, {args.image_size} px, {args.accelerator}, "
           f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}; CSV: {args.csv}\n")
-    print("| preset | views | online / target views | framework img/s | bare img/s | step ratio | peak MB "
-          "(framework / bare) |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("| preset | views | online / target views | framework ms | required ms | encoder-only ms | ratio | "
+          "ratio to encoder | framework img/s | peak MB (framework / bare) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['preset']} | {r['views']} | {r['online_views']} / {r['target_views']} | "
-              f"{r['framework_images_per_s']:.0f} | {r['bare_images_per_s']:.0f} | {r['ratio']:.3f} | "
+              f"{r['framework_step_ms']:.0f} | {r['required_step_ms']:.0f} | {r['backbone_step_ms']:.0f} | "
+              f"{r['ratio']:.3f} | {r['ratio_to_backbone']:.2f} | {r['framework_images_per_s']:.0f} | "
               f"{r['framework_peak_mb']:.0f} / {r['bare_peak_mb']:.0f} |")
     return rows
 

@@ -32,10 +32,21 @@ def test_queue_wraps_within_a_batch():
     assert queue.keys[0].tolist() == [5.0, 6.0, 3.0, 4.0] and queue.ptr.item() == 2
 
 
-def test_queue_starts_with_unit_columns_and_is_in_state_dict():
-    queue = components.Queue(dim=8, size=16)
-    assert torch.allclose(queue.keys.norm(dim=0), torch.ones(16))
-    assert set(queue.state_dict()) == {"keys", "ptr"}
+def test_queue_memory_holds_only_enqueued_keys_and_survives_a_state_dict_round_trip():
+    queue = components.Queue(dim=2, size=5)
+    assert queue.memory().shape == (2, 0)  # empty: no random negatives
+    queue.enqueue(torch.tensor([[1.0, 0.0], [2.0, 0.0]]))
+    assert queue.memory().tolist() == [[1.0, 2.0], [0.0, 0.0]]
+    queue.enqueue(torch.tensor([[3.0, 0.0], [4.0, 0.0]]))
+    queue.enqueue(torch.tensor([[5.0, 0.0], [6.0, 0.0]]))  # fills and wraps: 6 overwrites 1
+    assert queue.memory() is queue.keys and queue.memory()[0].tolist() == [6.0, 2.0, 3.0, 4.0, 5.0]
+    assert set(queue.state_dict()) == {"keys", "ptr", "filled"}
+
+    partial = components.Queue(dim=2, size=5)
+    partial.enqueue(torch.ones(3, 2))
+    restored = components.Queue(dim=2, size=5)
+    restored.load_state_dict(partial.state_dict())
+    assert restored.memory().shape == (2, 3) and int(restored.ptr) == 3
 
 
 def test_ema_update_m0_copies_m1_keeps_and_one_step_by_hand():

@@ -214,6 +214,18 @@ def test_split_positive_and_accuracy():
     assert acc1.item() == 50.0 and acc5.item() == 100.0
 
 
+def test_contrastive_accuracy_matches_rank_definition_with_ties():
+    # The positive is top-k when fewer than k negatives are >= it; integer values make ties common.
+    generator = torch.Generator().manual_seed(0)
+    pos = torch.randint(0, 6, (200,), generator=generator).float()
+    neg = torch.randint(0, 6, (200, 9), generator=generator).float()
+    rank = (neg >= pos[:, None]).sum(dim=1)
+    acc1, acc5 = losses.contrastive_accuracy(pos, neg)
+    assert acc1.item() == pytest.approx((rank < 1).float().mean().item() * 100)
+    assert acc5.item() == pytest.approx((rank < 5).float().mean().item() * 100)
+    assert 0 < acc1.item() < acc5.item() < 100
+
+
 def test_positive_negative_cosine_matches_brute_force():
     q, k = torch.randn(5, 3), torch.randn(5, 3)
     cos = F.normalize(q, dim=1) @ F.normalize(k, dim=1).T
@@ -267,3 +279,13 @@ def test_nt_xent_ideal_case_b256_and_feature_permutation_invariance():
     assert criterion([z1[:, perm], z2[:, perm]], [z1[:, perm], z2[:, perm]]).loss.item() == pytest.approx(
         criterion([z1, z2], [z1, z2]).loss.item(), abs=1e-12
     )
+
+
+def test_eqco_with_an_empty_queue_is_zero():
+    pos = torch.tensor([0.3, -0.2])
+    assert losses.eqco_loss(pos, pos.new_zeros(2, 0), temperature=0.2, alpha=65536).item() == 0.0
+
+
+def test_contrastive_accuracy_without_negatives_is_100():
+    acc1, acc5 = losses.contrastive_accuracy(torch.tensor([0.1, -0.5]), torch.zeros(2, 0))
+    assert acc1.item() == 100.0 and acc5.item() == 100.0

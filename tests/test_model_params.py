@@ -204,3 +204,16 @@ def test_presets_are_not_suspicious(name):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         PRESETS[name]()
+
+
+def test_short_run_overrides_scale_schedules_to_the_run():
+    from model_params import DINOParams, SimCLRParams, short_run_overrides
+
+    dino = DINOParams(max_epochs=4)
+    assert short_run_overrides(dino) == dict(
+        lars_warmup_epochs=pytest.approx(0.4), teacher_temperature_warmup_epochs=1, freeze_prototypes_epochs=0, m=0.99
+    )
+    assert short_run_overrides(MoCoParams(max_epochs=20))["m"] == 0.99  # MoCo v1's 0.999
+    assert short_run_overrides(SimCLRParams(max_epochs=4))["m"] == 0.0  # no EMA: nothing to cap
+    assert short_run_overrides(DINOParams(max_epochs=100)) == {}  # the papers' own lengths are left alone
+    attr.evolve(dino, **short_run_overrides(dino))  # the result validates

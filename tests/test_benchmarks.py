@@ -1,0 +1,72 @@
+"""The benchmark scripts run end to end on tiny inputs and write their CSVs (their figures are not checked here)."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+
+import bench_quality  # noqa: E402
+import bench_throughput  # noqa: E402
+
+
+def read_csv(path: str) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_bench_throughput_tiny(tmp_path):
+    out = tmp_path / "throughput.csv"
+    rows = bench_throughput.main(
+        ["--presets", "simclr", "byol", "--batch-size", "8", "--warmup", "1", "--steps", "1", "--rounds", "1",
+         "--accelerator", "cpu", "--csv", str(out)]
+    )
+    assert [r["preset"] for r in rows] == ["simclr", "byol"]
+    assert [r["target_views"] for r in rows] == [0, 2]  # BYOL's momentum encoder sees both views
+    written = read_csv(str(out))
+    for row in written:
+        for field in ("framework_step_ms", "required_step_ms", "backbone_step_ms", "ratio", "framework_peak_mb"):
+            assert math.isfinite(float(row[field])) and float(row[field]) > 0, (row["preset"], field)
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """train/<class>/*.png: 2 classes of 6 random 32 px images."""
+    rng = np.random.default_rng(0)
+    for name in ("cat", "dog"):
+        folder = tmp_path / "source" / "train" / name
+        folder.mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return tmp_path / "source"
+
+
+def test_bench_quality_tiny_image_folder(tmp_path, image_folder):
+    work = tmp_path / "work"
+    rows = bench_quality.main(
+        ["--data-path", str(image_folder), "--presets", "byol", "--train-per-class", "4", "--holdout-per-class",
+         "2", "--epochs", "2", "--batch-size", "4", "--workers", "0", "--accelerator", "cpu",
+         "--set", "mlp_hidden_dim=32", "dim=16", "--work-dir", str(work)]
+    )
+    assert [r["preset"] for r in rows] == ["random_init", "byol"]
+    assert len(rows[1]["knn"]) == 2 and len(rows[1]["losses"]) == 2  # kNN after every epoch
+    subset = work / "data_seed0_4_2"
+    assert len(os.listdir(subset / "train" / "cat")) == 4 and len(os.listdir(subset / "val" / "dog")) == 2
+    written = read_csv(str(work / "bench_quality.csv"))
+    assert [(r["preset"], r["epoch"]) for r in written] == [("random_init", "0"), ("byol", "1"), ("byol", "2")]
+    assert written[-1]["linear_acc"] != "" and (work / "bench_quality.png").stat().st_size > 0
+
+
+def test_bench_quality_rejects_too_small_classes(tmp_path, image_folder):
+    with pytest.raises(ValueError, match="'cat' has 6 images; 8 are needed"):
+        bench_quality.main(
+            ["--data-path", str(image_folder), "--presets", "byol", "--train-per-class", "4",
+             "--holdout-per-class", "4", "--work-dir", str(tmp_path / "work")]
+        )

@@ -15,6 +15,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 import bench_quality  # noqa: E402
 import bench_throughput  # noqa: E402
+from helpers import tiny  # noqa: E402
+
+from moco import SelfSupervisedMethod  # noqa: E402
+from model_params import MoCoV2Params  # noqa: E402
 
 
 def read_csv(path: str) -> list[dict[str, str]]:
@@ -70,3 +74,10 @@ def test_bench_quality_rejects_too_small_classes(tmp_path, image_folder):
             ["--data-path", str(image_folder), "--presets", "byol", "--train-per-class", "4",
              "--holdout-per-class", "4", "--work-dir", str(tmp_path / "work")]
         )
+
+
+def test_bench_throughput_times_a_full_queue():
+    model = SelfSupervisedMethod(tiny(MoCoV2Params))
+    assert model.queue.memory().shape[1] == 0  # a new queue is empty...
+    bench_throughput.FullQueue().on_train_start(None, model)
+    assert model.queue.memory().shape[1] == model.params.K  # ...and the benchmark times the steady state

@@ -13,8 +13,8 @@ random-init row is the same encoder before any training. Outputs: a CSV per epoc
 
 Short-run overrides (the budget is minutes, not days): queues and support sets hold ``--queue-size`` keys (65536
 keys of a 10,000-image run would be up to 6 epochs old), and ``model_params.short_run_overrides`` caps the
-presets' warmups, prototype freezing and EMA momentum to fit ``--epochs`` (``--paper-schedules`` keeps them);
-everything else is the preset's.
+presets' warmups, prototype freezing and EMA momentum to fit ``--epochs`` and gives the SGD presets a tenth of their
+peak lr (``--paper-schedules`` keeps them all); everything else is the preset's.
 
 Example (the table in the benchmarks issue's closing note; about an hour on a 2-core CPU):
     python benchmarks/bench_quality.py
@@ -67,8 +67,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--accelerator", default="auto")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split and of every run")
     parser.add_argument("--paper-schedules", action="store_true",
-                        help="keep the presets' warmups, prototype freezing and EMA momentum as written for long runs "
-                        "(default: model_params.short_run_overrides scales them to --epochs)")
+                        help="keep the presets' warmups, prototype freezing, EMA momentum and SGD lr as written for "
+                        "long runs (default: model_params.short_run_overrides scales them to --epochs)")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="extra ModelParams overrides for every preset, e.g. lr=0.3 (Python literals)")
     parser.add_argument("--work-dir", default=os.path.join(REPO, "benchmarks", "results", "quality"))

@@ -211,9 +211,14 @@ def test_short_run_overrides_scale_schedules_to_the_run():
 
     dino = DINOParams(max_epochs=4)
     assert short_run_overrides(dino) == dict(
-        lars_warmup_epochs=pytest.approx(0.4), teacher_temperature_warmup_epochs=1, freeze_prototypes_epochs=0, m=0.99
+        lr=0.3,  # LARS: unchanged
+        lars_warmup_epochs=pytest.approx(0.4),
+        teacher_temperature_warmup_epochs=1,
+        freeze_prototypes_epochs=0,
+        m=0.99,
     )
-    assert short_run_overrides(MoCoParams(max_epochs=20))["m"] == 0.99  # MoCo v1's 0.999
+    moco = short_run_overrides(MoCoParams(max_epochs=20))
+    assert (moco["m"], moco["lr"]) == (0.99, pytest.approx(0.05))  # MoCo v1's 0.999; SGD: a tenth of 0.5
     assert short_run_overrides(SimCLRParams(max_epochs=4))["m"] == 0.0  # no EMA: nothing to cap
     assert short_run_overrides(DINOParams(max_epochs=100)) == {}  # the papers' own lengths are left alone
     attr.evolve(dino, **short_run_overrides(dino))  # the result validates

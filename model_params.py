@@ -416,8 +416,9 @@ SHORT_RUN_FREEZE_FRACTION = 0.01  # frozen prototypes: SwAV's official 313 of 31
 SHORT_RUN_MAX_MOMENTUM = 0.99  # EMA time constant 100 steps (solo-learn's CIFAR recipes start at 0.99)
 # Peak lr of the SGD presets in short runs. Their lrs (0.5 at batch 256) suit hundreds of epochs; in 4 epochs of
 # 10,000 CIFAR-10 images SimCLR's kNN accuracy was 30.6% at lr 0.5, 29.7% at 1.5, 36.1% at 0.12 and 38.5% at 0.05
-# (random encoder 31.2%), MoCo v2's 29.8% at 0.5 and 32.7% at 0.05. LARS presets did not gain from a lower lr (their
-# steps are already a small fraction lr * eta of each weight's norm): BYOL 28.2% -> 27.8% at 0.2x, NNCLR 31.1 -> 30.9%.
+# (random encoder 31.2%), MoCo v2's 29.8% at 0.5 and 32.7% at 0.05. A lower lr did not lift the LARS presets above
+# random (their steps are already a small fraction lr * eta of each weight's norm); at 0.2x: BYOL 28.2% -> 27.8%,
+# NNCLR 31.1% -> 30.9%, SwAV 27.0% -> 30.4%.
 SHORT_RUN_SGD_LR_SCALE = 0.1
 
 

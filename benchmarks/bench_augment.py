@@ -1,11 +1,12 @@
-"""Augmentation backends: "pil" (per image in DataLoader workers) vs "batched" (augment.py, per batch on the device).
+"""Augmentation backends: "pil" (per image in DataLoader workers) vs "batched" (selfsup.data.batched, per batch on
+the device).
 
 Three parts, on images of a folder (default: the shared CIFAR-10 training images; a random subset is linked into a
 temporary folder, so that ``dataset_name="imagefolder"`` reads exactly that subset):
 
 - ``augment``: the augmentation alone, for one batch of decoded images in memory, two SimCLR views: PIL per image,
-  augment.BatchedViews, and kornia.augmentation pipelines with the same settings as the library alternative
-  (ColorJitter, which follows torchvision's semantics, and ColorJiggle), both with augment.CPU_THREADS intra-op
+  BatchedViews, and kornia.augmentation pipelines with the same settings as the library alternative
+  (ColorJitter, which follows torchvision's semantics, and ColorJiggle), both with batched.CPU_THREADS intra-op
   threads. Fastest of ``--augment-reps`` calls each, interleaved.
 - ``throughput``: real ``pl.Trainer`` fits of the SimCLR preset (resnet18, ImageNet stem unless ``--cifar-stem``),
   timed from one ``on_train_batch_start`` to the next, so a step includes waiting for the loader, the transfer, the
@@ -40,22 +41,22 @@ import time
 import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+import attr
+import kornia.augmentation as K
 import numpy as np
+import pytorch_lightning as pl
 import torch
 import torchvision.transforms.functional as TF
 from torch import Tensor
 
+from selfsup import data
+from selfsup.config import ModelParams, SimCLRParams
+from selfsup.data import batched
+from selfsup.train.module import SelfSupervisedMethod
+from selfsup.train.pipeline import pretrain_datasets, pretraining_data
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 DEFAULT_DATA_PATH = os.path.normpath(os.path.join(REPO, "..", "shared", "datasets", "cifar10"))
-
-import kornia.augmentation as K  # noqa: E402
-import pytorch_lightning as pl  # noqa: E402
-
-import augment  # noqa: E402
-import data  # noqa: E402
-from moco import SelfSupervisedMethod  # noqa: E402
-from model_params import ModelParams, SimCLRParams  # noqa: E402
 
 PARTS = ("augment", "throughput", "pretrain")
 Row = Dict[str, Any]
@@ -135,7 +136,7 @@ def kornia_views(params: ModelParams, jitter: type) -> Callable[[Tensor], List[T
     )
 
     def views(images: Tensor) -> List[Tensor]:
-        with augment.intra_op_threads(augment.CPU_THREADS):  # as augment.BatchedViews on a CPU
+        with batched.intra_op_threads(batched.CPU_THREADS):  # as BatchedViews on a CPU
             return [pipeline(images.float() / 255) for _ in range(params.num_global_crops)]
 
     return views
@@ -143,13 +144,16 @@ def kornia_views(params: ModelParams, jitter: type) -> Callable[[Tensor], List[T
 
 def augment_part(data_path: str, args: argparse.Namespace) -> Dict[str, List[Row]]:
     params = simclr_params(data_path, args, augmentation_backend="pil")
-    train, _ = data.pretrain_datasets(params, view_transforms=lambda image: image)  # decoded PIL images
+    train, _ = pretrain_datasets(params, view_transforms=lambda image: image)  # decoded PIL images
     images = [train[i][0][0] for i in range(args.batch_size)]
     batch = torch.stack([TF.pil_to_tensor(image) for image in images])
-    pil_views = data.build_view_transforms(params)
+    info = data.dataset_info(params)
+    pil_views = data.build_view_transforms(data.view_specs(params, data.crop_size(params, info)), info.mean, info.std)
+    batch_views = pretraining_data(attr.evolve(params, augmentation_backend="batched")).batch_views
+    assert batch_views is not None
     implementations = {
         "PIL, per image (main process)": lambda: [torch.stack([view(i) for i in images]) for view in pil_views],
-        "batched (augment.py)": functools.partial(augment.build_batched_views(params), batch),
+        "batched (selfsup.data.batched)": functools.partial(batch_views, batch),
         "kornia, ColorJitter (torchvision semantics)": functools.partial(kornia_views(params, K.ColorJitter), batch),
         "kornia, ColorJiggle": functools.partial(kornia_views(params, K.ColorJiggle), batch),
     }
@@ -161,7 +165,7 @@ def augment_part(data_path: str, args: argparse.Namespace) -> Dict[str, List[Row
             start = time.perf_counter()
             function()
             best[name] = min(best[name], (time.perf_counter() - start) * 1e3)
-    reference = best["batched (augment.py)"]
+    reference = best["batched (selfsup.data.batched)"]
     return {"augment": [{"implementation": name, "ms_per_batch": ms, "source_images_per_s": args.batch_size / ms * 1e3,
                          "relative_to_batched": ms / reference} for name, ms in best.items()]}
 

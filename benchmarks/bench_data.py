@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
@@ -26,12 +25,12 @@ import torchvision
 from torch import nn
 from torch.utils.data import Subset
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-DEFAULT_DATA_PATH = os.path.normpath(os.path.join(REPO, "..", "shared", "datasets", "cifar10"))
+from selfsup import data
+from selfsup.config import TRANSFORM_TYPES, ModelParams
+from selfsup.train.pipeline import pretrain_datasets
 
-import data  # noqa: E402
-from model_params import TRANSFORM_TYPES, ModelParams  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_DATA_PATH = os.path.normpath(os.path.join(REPO, "..", "shared", "datasets", "cifar10"))
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -106,7 +105,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                          transform_type=args.transform_type, batch_size=args.batch_size, K=args.batch_size,
                          augmentation_backend="pil")  # the per-image pipeline (bench_augment.py times "batched")
     crop = data.crop_size(params)
-    train, _ = data.pretrain_datasets(params)
+    train, _ = pretrain_datasets(params)
     count = min(args.num_images, len(train))
     subset = Subset(train, np.linspace(0, len(train) - 1, count).round().astype(int).tolist())
     views = params.num_global_crops + params.num_local_crops

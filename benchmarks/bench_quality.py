@@ -25,25 +25,22 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import sys
 import time
 import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from selfsup import data
+from selfsup.config import PRESETS, ModelParams, short_run_overrides
+from selfsup.eval import probes
+from selfsup.train.module import SelfSupervisedMethod
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 DEFAULT_DATA_PATH = os.path.normpath(os.path.join(REPO, "..", "shared", "datasets", "cifar10"))
-
-import pytorch_lightning as pl  # noqa: E402
-
-import data  # noqa: E402
-import evaluation  # noqa: E402
-from moco import SelfSupervisedMethod  # noqa: E402
-from model_params import PRESETS, ModelParams, short_run_overrides  # noqa: E402
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -164,7 +161,7 @@ class EpochProbe(pl.Callback):
 
     def measure(self, encoder: torch.nn.Module) -> Tuple[Tensor, Tensor]:
         bank, queries = embed(encoder, self.bank[0]), embed(encoder, self.queries[0])
-        self.knn.append(evaluation.knn_accuracy(bank, self.bank[1], queries, self.queries[1]))
+        self.knn.append(probes.knn_accuracy(bank, self.bank[1], queries, self.queries[1]))
         self.embeddings = bank, queries
         return bank, queries
 
@@ -203,7 +200,7 @@ def run_preset(
             trainer.fit(model)
     minutes = (time.perf_counter() - start) / 60
     bank_embeddings, query_embeddings = probe.embeddings or probe.measure(model.model)
-    (linear,) = evaluation.logistic_regression_accuracies(
+    (linear,) = probes.logistic_regression_accuracies(
         (bank_embeddings.numpy(), bank[1].numpy()), (query_embeddings.numpy(), queries[1].numpy())
     )
     return {"preset": name, "knn": probe.knn, "linear": linear, "minutes": minutes, "losses": probe.losses,

@@ -29,23 +29,20 @@ import multiprocessing
 import os
 import resource
 import statistics
-import sys
 import time
 import warnings
 from typing import Any, Dict, List, Optional, Sequence
 
+import pytorch_lightning as pl
 import torch
 from torch.utils.data import Dataset
 
+from selfsup import data
+from selfsup.config import PRESETS, ModelParams
+from selfsup.nn.target import encode_views
+from selfsup.train.module import SelfSupervisedMethod
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-import pytorch_lightning as pl  # noqa: E402
-
-import components  # noqa: E402
-import data  # noqa: E402
-from moco import SelfSupervisedMethod  # noqa: E402
-from model_params import PRESETS, ModelParams  # noqa: E402
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -119,8 +116,8 @@ def bench_params(name: str, args: argparse.Namespace) -> ModelParams:
 
 
 def view_shapes(params: ModelParams) -> List[List[int]]:
-    local = data.local_crop_size(params)
     global_side = data.crop_size(params)
+    local = data.local_crop_size(params, global_side)
     return [[3, global_side, global_side]] * params.num_global_crops + [[3, local, local]] * params.num_local_crops
 
 
@@ -165,7 +162,7 @@ def required_compute_seconds(
 
     def step() -> None:
         online_encoder.zero_grad(set_to_none=True)
-        embeddings = components.encode_views(online_encoder, [views[i] for i in model.online_views])
+        embeddings = encode_views(online_encoder, [views[i] for i in model.online_views])
         projections = dict(zip(model.online_views, projection(torch.cat(embeddings)).chunk(len(embeddings))))
         queries = prediction(torch.cat([projections[i] for i in query_views]))
         queries.square().mean().backward()

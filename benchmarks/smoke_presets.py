@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import warnings
 from typing import Any, Dict, List, Optional, Sequence
 
+import pytorch_lightning as pl
+
+from selfsup.config import PRESETS, small_run_overrides
+from selfsup.train.module import SelfSupervisedMethod
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-import pytorch_lightning as pl  # noqa: E402
-
-from moco import SelfSupervisedMethod  # noqa: E402
-from model_params import PRESETS, small_run_overrides  # noqa: E402
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

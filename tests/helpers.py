@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import pytorch_lightning as pl
 
-from model_params import ModelParams, small_run_overrides
+from selfsup.config import ModelParams, small_run_overrides
 
 # Small enough for a CPU step in well under a second, large enough for BatchNorm and a queue.
 TINY = dict(

@@ -1,4 +1,4 @@
-"""Tests of augment.py: each batched operation against torchvision / PIL on the same input, the distributions of the
+"""Tests of batched.py: each batched operation against torchvision / PIL on the same input, the distributions of the
 batched views against the PIL backend's on the same images, and the wiring through data.py and moco.py."""
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ import torchvision.transforms.functional as TF
 from helpers import TINY, cpu_trainer
 from PIL import Image
 
-import augment
-import data
-from moco import SelfSupervisedMethod
-from model_params import BYOLParams, ModelParams, SimCLRParams
+from selfsup import data
+from selfsup.config import BYOLParams, ModelParams, SimCLRParams
+from selfsup.data import batched
+from selfsup.train.module import SelfSupervisedMethod
+from selfsup.train.pipeline import batch_views, pretrain_datasets, view_transforms
 
 PLAIN = data.Photometric((0.0, 0.0, 0.0, 0.0), 0.0, 0.0)  # no jitter, blur or solarize: geometry and grayscale only
 
@@ -48,10 +49,10 @@ def test_resized_crop_and_flip_equal_pil_within_rounding(side: int, size: int) -
         width, height = rng.integers(1, side + 1, 2)
         boxes.append((rng.integers(0, side - width + 1), rng.integers(0, side - height + 1), width, height))
     left, top, width, height = torch.tensor(boxes, dtype=torch.float32).unbind(1)
-    columns = augment.resize_weights(left, width, size, side)
+    columns = batched.resize_weights(left, width, size, side)
     columns[1::2] = columns[1::2].flip(1)  # every other crop flipped
     source = torch.from_numpy(array).permute(0, 2, 1)[None].float()  # [1, side, 3, side]: 20 views of one image
-    crops = augment.resized_crops(source, augment.resize_weights(top, height, size, side), columns)
+    crops = batched.resized_crops(source, batched.resize_weights(top, height, size, side), columns)
     for i, (x, y, w, h) in enumerate(boxes):
         expected = TF.resized_crop(image, int(y), int(x), int(h), int(w), [size, size])  # PIL bilinear, antialiased
         expected = TF.pil_to_tensor(TF.hflip(expected) if i % 2 else expected).float()
@@ -64,7 +65,7 @@ def test_crop_boxes_follow_torchvision_random_resized_crop(scale: Tuple[float, f
     torch.manual_seed(0)
     reference = torch.tensor([T.RandomResizedCrop.get_params(torch.empty(1, side, side), list(scale), [3 / 4, 4 / 3])
                               for _ in range(count)], dtype=torch.float32)  # (top, left, height, width)
-    boxes = augment.crop_boxes(count, side, torch.tensor([scale]).expand(count, 2), generator())
+    boxes = batched.crop_boxes(count, side, torch.tensor([scale]).expand(count, 2), generator())
     assert ((boxes[:, :2] >= 0) & (boxes[:, :2] + boxes[:, 2:] <= side)).all()
     assert (boxes == boxes.round()).all()
     theirs = reference[:, [1, 0, 3, 2]]  # as (left, top, width, height)
@@ -92,8 +93,8 @@ def test_color_jitter_in_any_order_equals_torchvision_functional_ops() -> None:
         for op in order[i].tolist():
             y = operations[op](y, float(factors[i, op]))
         expected.append(y)
-    # 5e-5: torchvision's grey level weighs red 0.2989, PIL (and augment.LUMA) 0.299
-    assert torch.allclose(augment.color_jitter(x, factors, order), torch.stack(expected), atol=5e-5)
+    # 5e-5: torchvision's grey level weighs red 0.2989, PIL (and batched.LUMA) 0.299
+    assert torch.allclose(batched.color_jitter(x, factors, order), torch.stack(expected), atol=5e-5)
 
 
 @pytest.mark.parametrize("shift", [-0.5, -0.2, 0.0, 0.13, 0.5])
@@ -101,14 +102,14 @@ def test_hue_shift_equals_torchvision(shift: float) -> None:
     x = torch.rand(4, 3, 16, 16, generator=generator())
     x[0] = 0.5  # grey: no hue
     expected = torch.stack([TF.adjust_hue(image, shift) for image in x])
-    assert torch.allclose(augment.adjust_hue(x, torch.full((4,), shift)), expected, atol=1e-5)
+    assert torch.allclose(batched.adjust_hue(x, torch.full((4,), shift)), expected, atol=1e-5)
 
 
 def test_blur_with_per_sample_sigma_equals_torchvision() -> None:
     x = torch.rand(4, 3, 20, 24, generator=generator())
     sigma = torch.tensor([0.1, 0.7, 1.5, 2.0])
     expected = torch.stack([TF.gaussian_blur(x[i], [5, 5], [float(sigma[i])] * 2) for i in range(4)])
-    assert torch.allclose(augment.gaussian_blur(x, 5, sigma), expected, atol=1e-6)
+    assert torch.allclose(batched.gaussian_blur(x, 5, sigma), expected, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -135,8 +136,8 @@ def test_geometry_flip_and_grayscale_frequencies_match_pil() -> None:
     torch.manual_seed(0)
     pil_view = data.view_transform(side, (0.2, 1.0), PLAIN, (0, 0, 0), (1, 1, 1))
     pil = torch.stack([pil_view(Image.fromarray(ramp)) for _ in range(count)])
-    batched = augment.BatchedViews([augment.ViewSpec(side, (0.2, 1.0), PLAIN)], (0, 0, 0), (1, 1, 1), seed=0)
-    ours = batched(torch.from_numpy(ramp).permute(2, 0, 1)[None].expand(count, -1, -1, -1).contiguous())[0]
+    batch_views = batched.BatchedViews([data.ViewSpec(side, (0.2, 1.0), PLAIN)], (0, 0, 0), (1, 1, 1), seed=0)
+    ours = batch_views(torch.from_numpy(ramp).permute(2, 0, 1)[None].expand(count, -1, -1, -1).contiguous())[0]
     names = ["flip", "area", "area<0.35", "area<0.5", "area<0.65", "area<0.8"]
 
     def measure(views: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -168,8 +169,8 @@ def test_view_statistics_match_pil(preset: Any) -> None:
     params = preset(dataset_name="synthetic", augmentation_backend="pil")
     images, batch = synthetic_images(512)
     torch.manual_seed(0)
-    pil = [torch.stack([view(image) for image in images]) for view in data.build_view_transforms(params)]
-    ours = augment.build_batched_views(params)(batch)
+    pil = [torch.stack([view(image) for image in images]) for view in view_transforms(params)]
+    ours = batch_views(params)(batch)
     mean = torch.tensor(data.SYNTHETIC_MEAN)[None, :, None, None]
     std = torch.tensor(data.SYNTHETIC_STD)[None, :, None, None]
 
@@ -194,12 +195,12 @@ def test_views_of_each_size_normalization_and_channels_last() -> None:
     params = SimCLRParams(dataset_name="synthetic", synthetic_image_size=48, transform_crop_size=40,
                           num_local_crops=2, local_crop_size=12)
     _, batch = synthetic_images(3, 48)
-    views = augment.build_batched_views(params, channels_last=True)(batch)
+    views = batch_views(params, channels_last=True)(batch)
     assert [tuple(v.shape) for v in views] == [(3, 3, 40, 40)] * 2 + [(3, 3, 12, 12)] * 2
     assert all(v.dtype == torch.float32 and v.is_contiguous(memory_format=torch.channels_last) for v in views)
 
     white = torch.full((2, 3, 8, 8), 255, dtype=torch.uint8)
-    plain = augment.BatchedViews([augment.ViewSpec(4, (1.0, 1.0), PLAIN)], (0.5, 0.25, 0.0), (0.5, 0.25, 2.0), seed=0)
+    plain = batched.BatchedViews([data.ViewSpec(4, (1.0, 1.0), PLAIN)], (0.5, 0.25, 0.0), (0.5, 0.25, 2.0), seed=0)
     assert torch.allclose(plain(white)[0], torch.tensor([1.0, 3.0, 0.5]).view(1, 3, 1, 1).expand(2, 3, 4, 4))
 
 
@@ -208,23 +209,23 @@ def test_views_depend_only_on_seed_rank_step_and_repeat() -> None:
     _, batch = synthetic_images(8)
 
     def views(step: int, rank: int, seed: int = 0) -> List[torch.Tensor]:  # a fresh module: as after a resume
-        return augment.build_batched_views(ModelParams(**{**TINY, "seed": seed}))(batch, step, rank)
+        return batch_views(ModelParams(**{**TINY, "seed": seed}))(batch, step, rank)
 
     first = views(5, 0)
     assert all(torch.equal(a, b) for a, b in zip(first, views(5, 0)))
     for other in (views(6, 0), views(5, 1), views(5, 0, seed=1)):
         assert not torch.equal(first[0], other[0])
     assert not torch.equal(first[0], first[1])  # the two views of an image differ
-    running = augment.build_batched_views(ModelParams(**TINY))
+    running = batch_views(ModelParams(**TINY))
     steps = [running(batch, step, 0)[0] for step in (4, 5, 5, 6)]  # step 5 twice: gradient accumulation
     assert torch.equal(steps[1], first[0]) and not torch.equal(steps[2], first[0])
     assert torch.equal(steps[3], views(6, 0)[0])
-    assert augment.build_batched_views(params).views == [augment.ViewSpec(32, (0.2, 1.0), p)
+    assert batch_views(params).views == [data.ViewSpec(32, (0.2, 1.0), p)
                                                          for p in data.photometric_settings(params)[0]]
 
 
 def test_batched_views_reject_anything_but_uint8_square_batches() -> None:
-    views = augment.build_batched_views(ModelParams(**TINY))
+    views = batch_views(ModelParams(**TINY))
     for images in (torch.zeros(2, 3, 32, 32), torch.zeros(2, 3, 32, 30, dtype=torch.uint8),
                    torch.zeros(2, 1, 32, 32, dtype=torch.uint8)):
         with pytest.raises(ValueError, match=r"images: expected a uint8 batch of square images \[B, 3, S, S\]"):
@@ -239,7 +240,8 @@ def test_batched_views_reject_anything_but_uint8_square_batches() -> None:
 
 def test_stored_image_size_per_dataset(tmp_path: Any) -> None:
     def size(**fields: Any) -> int:
-        return data.stored_image_size(ModelParams(**{"data_path": str(tmp_path), **fields}))
+        p = ModelParams(**{"data_path": str(tmp_path), **fields})
+        return data.stored_image_size(data.dataset_info(p), data.crop_size(p))
 
     assert (size(dataset_name="cifar10"), size(dataset_name="stl10"), size(dataset_name="imagenet")) == (32, 96, 256)
     assert size(dataset_name="stl10", transform_crop_size=64) == 96  # fixed-size datasets keep their native side
@@ -255,17 +257,17 @@ def test_stored_image_size_per_dataset(tmp_path: Any) -> None:
 def test_batched_datasets_yield_uint8_images_and_custom_view_transforms_stay_per_image() -> None:
     params = ModelParams(**{**TINY, "synthetic_image_size": 24, "num_local_crops": 1})
     assert params.augmentation_backend == "batched"
-    train, val = data.pretrain_datasets(params)
+    train, val = pretrain_datasets(params)
     image, label = train[3]
     assert (image.dtype, tuple(image.shape), label) == (torch.uint8, (3, 24, 24), 3)
     reference = data.SyntheticShapes(24, 32, 0, "train", TF.pil_to_tensor)[3][0]
     assert torch.equal(image, reference)  # decode only: no augmentation
     assert val[0][0].dtype == torch.float32  # the probe's images are unchanged
 
-    custom = data.pretrain_datasets(params, view_transforms=T.ToTensor())[0][0][0]
+    custom = pretrain_datasets(params, view_transforms=T.ToTensor())[0][0][0]
     assert [tuple(v.shape) for v in custom] == [(3, 24, 24)] * 3
     params = attr.evolve(params, embedding_dim=8)
-    assert isinstance(method(params).batch_views, augment.BatchedViews)
+    assert isinstance(method(params).batch_views, batched.BatchedViews)
     assert method(params, view_transforms=T.ToTensor()).batch_views is None
     assert method(params, train_dataset=train).batch_views is None
     assert method(attr.evolve(params, augmentation_backend="pil")).batch_views is None

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from batchrenorm import BatchRenorm1d, d_max, r_max
+from selfsup.nn.batchrenorm import BatchRenorm1d, d_max, r_max
 
 
 def _batch(n: int = 16, c: int = 3, seed: int = 0) -> torch.Tensor:

@@ -17,8 +17,8 @@ import bench_quality  # noqa: E402
 import bench_throughput  # noqa: E402
 from helpers import tiny  # noqa: E402
 
-from moco import SelfSupervisedMethod  # noqa: E402
-from model_params import MoCoV2Params  # noqa: E402
+from selfsup.config import MoCoV2Params  # noqa: E402
+from selfsup.train.module import SelfSupervisedMethod  # noqa: E402
 
 
 def read_csv(path: str) -> list[dict[str, str]]:

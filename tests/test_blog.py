@@ -9,8 +9,8 @@ import pytest
 from helpers import TINY
 from test_readme import blocks
 
-import train_blog
-from model_params import ModelParams
+from selfsup.cli import blog as train_blog
+from selfsup.config import ModelParams
 
 
 @pytest.mark.parametrize("config", sorted(train_blog.CONFIGS))

@@ -6,14 +6,18 @@ import pytest
 import torch
 from torch import nn
 
-import components
-import utils
-from moco import SelfSupervisedMethod
-from model_params import BYOLParams
+from selfsup.config import BYOLParams
+from selfsup.eval import probes
+from selfsup.nn import heads
+from selfsup.nn.queue import Queue
+from selfsup.nn.target import MomentumSchedule, MomentumTarget, ema_update_
+from selfsup.optim.groups import parameter_groups
+from selfsup.optim.schedules import WarmupCosineSchedule
+from selfsup.train.module import SelfSupervisedMethod
 
 
 def test_queue_enqueue_and_wrap_around_by_exact_columns():
-    queue = components.Queue(dim=3, size=6)
+    queue = Queue(dim=3, size=6)
     batches = [torch.full((2, 3), float(i)) + torch.arange(2.0)[:, None] / 10 for i in range(1, 5)]
     for batch in batches[:3]:
         queue.enqueue(batch)
@@ -26,14 +30,14 @@ def test_queue_enqueue_and_wrap_around_by_exact_columns():
 
 
 def test_queue_wraps_within_a_batch():
-    queue = components.Queue(dim=1, size=4)
+    queue = Queue(dim=1, size=4)
     queue.enqueue(torch.tensor([[1.0], [2.0], [3.0]]))
     queue.enqueue(torch.tensor([[4.0], [5.0], [6.0]]))
     assert queue.keys[0].tolist() == [5.0, 6.0, 3.0, 4.0] and queue.ptr.item() == 2
 
 
 def test_queue_memory_holds_only_enqueued_keys_and_survives_a_state_dict_round_trip():
-    queue = components.Queue(dim=2, size=5)
+    queue = Queue(dim=2, size=5)
     assert queue.memory().shape == (2, 0)  # empty: no random negatives
     queue.enqueue(torch.tensor([[1.0, 0.0], [2.0, 0.0]]))
     assert queue.memory().tolist() == [[1.0, 2.0], [0.0, 0.0]]
@@ -42,27 +46,27 @@ def test_queue_memory_holds_only_enqueued_keys_and_survives_a_state_dict_round_t
     assert queue.memory() is queue.keys and queue.memory()[0].tolist() == [6.0, 2.0, 3.0, 4.0, 5.0]
     assert set(queue.state_dict()) == {"keys", "ptr", "filled"}
 
-    partial = components.Queue(dim=2, size=5)
+    partial = Queue(dim=2, size=5)
     partial.enqueue(torch.ones(3, 2))
-    restored = components.Queue(dim=2, size=5)
+    restored = Queue(dim=2, size=5)
     restored.load_state_dict(partial.state_dict())
     assert restored.memory().shape == (2, 3) and int(restored.ptr) == 3
 
 
 def test_ema_update_m0_copies_m1_keeps_and_one_step_by_hand():
     target, online = [torch.tensor([1.0, 2.0])], [torch.tensor([3.0, -1.0])]
-    components.ema_update_(target, online, 1.0)
+    ema_update_(target, online, 1.0)
     assert target[0].tolist() == [1.0, 2.0]
-    components.ema_update_(target, online, 0.9)
+    ema_update_(target, online, 0.9)
     assert target[0].tolist() == pytest.approx([0.9 * 1 + 0.1 * 3, 0.9 * 2 + 0.1 * -1])
-    components.ema_update_(target, online, 0.0)
+    ema_update_(target, online, 0.0)
     assert target[0].tolist() == [3.0, -1.0]
 
 
 def test_momentum_target_updates_parameters_not_buffers():
     encoder = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
     projection = nn.Linear(2, 2)
-    target = components.MomentumTarget(encoder, projection, key_views=[1], shuffle_batch_norm=False)
+    target = MomentumTarget(encoder, projection, key_views=[1], shuffle_batch_norm=False)
     assert all(not p.requires_grad for p in target.parameters())
     before = [p.clone() for p in target.parameters()]
     with torch.no_grad():
@@ -76,20 +80,20 @@ def test_momentum_target_updates_parameters_not_buffers():
 
 
 def test_momentum_schedule_start_middle_end():
-    schedule = components.MomentumSchedule(0.996, 1.0)
+    schedule = MomentumSchedule(0.996, 1.0)
     assert schedule(0, 100) == pytest.approx(0.996)
     assert schedule(50, 100) == pytest.approx(0.998)
     assert schedule(100, 100) == pytest.approx(1.0)
-    assert components.MomentumSchedule(0.99, 0.99)(37, 100) == pytest.approx(0.99)
+    assert MomentumSchedule(0.99, 0.99)(37, 100) == pytest.approx(0.99)
 
 
 @pytest.mark.parametrize("step,expected", [(0, 0.1), (4, 0.5), (9, 1.0), (10, 1.0), (60, 0.55), (110, 0.1), (200, 0.1)])
 def test_warmup_cosine_schedule(step, expected):
-    assert components.WarmupCosineSchedule(10, 110, 0.1)(step) == pytest.approx(expected)
+    assert WarmupCosineSchedule(10, 110, 0.1)(step) == pytest.approx(expected)
 
 
 def test_cosine_schedule_without_warmup_is_per_step():
-    schedule = components.WarmupCosineSchedule(0, 4, 0.0)
+    schedule = WarmupCosineSchedule(0, 4, 0.0)
     assert [schedule(s) for s in range(5)] == pytest.approx(
         [1.0, (1 + math.cos(math.pi / 4)) / 2, 0.5, (1 + math.cos(3 * math.pi / 4)) / 2, 0.0]
     )
@@ -98,7 +102,7 @@ def test_cosine_schedule_without_warmup_is_per_step():
 def test_byol_preset_excludes_every_bias_and_norm_parameter_by_identity():
     params = BYOLParams(dataset_name="synthetic", batch_size=8)
     model = SelfSupervisedMethod(params)
-    regular, excluded = components.parameter_groups(model, params.weight_decay, [], True)
+    regular, excluded = parameter_groups(model, params.weight_decay, [], True)
     excluded_ids = {id(p) for p in excluded["params"]}
     must_exclude = [
         model.model.bn1.weight,
@@ -121,21 +125,21 @@ def test_byol_preset_excludes_every_bias_and_norm_parameter_by_identity():
 
 def test_name_substring_exclusion_is_kept_for_compatibility():
     model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
-    regular, excluded = components.parameter_groups(model, 1e-4, [".bias"], False)
+    regular, excluded = parameter_groups(model, 1e-4, [".bias"], False)
     assert [id(p) for p in excluded["params"]] == [id(model[0].bias), id(model[1].bias)]
 
 
 def test_mlp_layers_and_normalizations():
-    assert isinstance(utils.MLP(4, 4, 8, 0).net, nn.Identity)
-    assert isinstance(utils.MLP(4, 3, 8, 1).net, nn.Linear)
-    three = utils.MLP(4, 3, 32, 3, "gn")
+    assert isinstance(heads.MLP(4, 4, 8, 0).net, nn.Identity)
+    assert isinstance(heads.MLP(4, 3, 8, 1).net, nn.Linear)
+    three = heads.MLP(4, 3, 32, 3, "gn")
     kinds = [type(m).__name__ for m in three.net]
     assert kinds == ["Linear", "GroupNorm", "ReLU", "Linear", "GroupNorm", "ReLU", "Linear"]
     with pytest.raises(ValueError, match="input_dim"):
-        utils.MLP(4, 3, 8, 0)
+        heads.MLP(4, 3, 8, 0)
 
 
 def test_topk_accuracy():
     logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.1, 0.05], [0.2, 0.3, 0.5]])
-    acc1, acc2 = utils.topk_accuracy(logits, torch.tensor([1, 1, 0]), topk=(1, 2))
+    acc1, acc2 = probes.topk_accuracy(logits, torch.tensor([1, 1, 0]), topk=(1, 2))
     assert acc1.item() == pytest.approx(100 / 3) and acc2.item() == pytest.approx(200 / 3)

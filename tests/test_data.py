@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import pickle
-import types
 import urllib.error
 import urllib.request
 from typing import Any, Dict, List
 
+import attr
 import numpy as np
 import pytest
 import torch
@@ -17,8 +17,9 @@ import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-import data
-from model_params import ModelParams
+from selfsup import data
+from selfsup.config import DataSourceOptions, ModelParams
+from selfsup.train.pipeline import pretrain_datasets, view_transforms
 
 SHARED_CIFAR10 = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets", "cifar10")
 
@@ -151,7 +152,7 @@ def test_imagefolder_any_mode_gives_rgb_views_and_a_probed_crop(tmp_path: Any) -
     info = data.dataset_info(p)
     # median short side of the first images of the classes (30 and 50 px); small, so the CIFAR stem by default
     assert info == data.DatasetInfo("imagefolder", 40, data.IMAGENET_MEAN, data.IMAGENET_STD, 2, True)
-    train, val = data.pretrain_datasets(p)
+    train, val = pretrain_datasets(p)
     assert (len(train), len(val)) == (4, 2)  # one of the three images of each class held out
     for index in range(len(train)):
         views, label = train[index]
@@ -175,7 +176,7 @@ def test_flat_folder_pretrains_unlabeled_but_cannot_be_probed(tmp_path: Any) -> 
     for i in range(5):
         save(f"{tmp_path}/train/{i}.png", rgb(24, 24, seed=i))
     p = params(dataset_name="imagefolder", data_path=str(tmp_path), holdout_fraction=0.2)
-    train, val = data.pretrain_datasets(p)
+    train, val = pretrain_datasets(p)
     assert (len(train), len(val)) == (4, 1)
     assert [train[i][1] for i in range(4)] + [val[0][1]] == [data.UNLABELED] * 5
     with pytest.raises(data.DataError, match=f"image folder {tmp_path}/train has no class folders, but the linear"):
@@ -196,7 +197,7 @@ def test_imagefolder_val_folder_and_eval_datasets(tmp_path: Any) -> None:
 
 def test_corrupt_image_raises_an_error_naming_the_file(tmp_path: Any) -> None:
     garbage, truncated = corrupt_tree(f"{tmp_path}/train")
-    train, _ = data.pretrain_datasets(params(dataset_name="imagefolder", data_path=str(tmp_path),
+    train, _ = pretrain_datasets(params(dataset_name="imagefolder", data_path=str(tmp_path),
                                              transform_crop_size=16))
     paths = [path for path, _ in train.samples]
     for bad in (garbage, truncated):
@@ -243,7 +244,7 @@ def test_bad_image_folders_raise_errors_naming_the_path(tmp_path: Any, layout: D
             write_bytes(f"{tmp_path}/{name}", content)
     p = params(dataset_name="imagefolder", data_path=str(tmp_path), transform_crop_size=8)
     with pytest.raises(data.DataError, match=message.format(root=tmp_path).replace("(", r"\(").replace(")", r"\)")):
-        data.pretrain_datasets(p)
+        pretrain_datasets(p)
 
 
 def test_imagenet_layout(tmp_path: Any) -> None:
@@ -251,13 +252,13 @@ def test_imagenet_layout(tmp_path: Any) -> None:
         for name in ("n01", "n02"):
             save(f"{tmp_path}/imagenet/{split}/{name}/0.JPEG", rgb(260, 250), format="JPEG")
     p = params(dataset_name="imagenet", data_path=str(tmp_path))
-    train, val = data.pretrain_datasets(p)
+    train, val = pretrain_datasets(p)
     views, label = train[1]
     assert [v.shape for v in views] == [(3, 224, 224)] * 2 and label == 1
     assert val[0][0].shape == (3, 224, 224)
-    assert [type(t).__name__ for t in data.build_eval_transform(p).transforms] == [
+    assert [type(t).__name__ for t in data.eval_transform(p).transforms] == [
         "Resize", "CenterCrop", "ToTensor", "Normalize"]
-    assert (data.build_eval_transform(p).transforms[0].size, data.build_eval_transform(p).transforms[1].size) == (
+    assert (data.eval_transform(p).transforms[0].size, data.eval_transform(p).transforms[1].size) == (
         256, (224, 224))
 
     os.rename(f"{tmp_path}/imagenet/val", f"{tmp_path}/imagenet/elsewhere")
@@ -316,7 +317,7 @@ def stl_root(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Dict[str, Any]:
 
 def test_cifar10_files_are_read_and_normalized_exactly(cifar_root: Dict[str, Any]) -> None:
     p = params(dataset_name="cifar10", data_path=cifar_root["root"])
-    train, val = data.pretrain_datasets(p, view_transforms=as_array)
+    train, val = pretrain_datasets(p, view_transforms=as_array)
     assert (len(train), len(val)) == (10, 3)
     views, label = train[4]
     assert [torch.equal(v, torch.from_numpy(cifar_root["images"]["train"][4])) for v in views] == [True, True]
@@ -326,7 +327,7 @@ def test_cifar10_files_are_read_and_normalized_exactly(cifar_root: Dict[str, Any
                 - torch.tensor(data.CIFAR10_MEAN).view(3, 1, 1)) / torch.tensor(data.CIFAR10_STD).view(3, 1, 1)
     assert torch.allclose(image, expected, atol=1e-6) and label == 9  # small images are evaluated whole
 
-    views, _ = data.pretrain_datasets(p)[0][0]
+    views, _ = pretrain_datasets(p)[0][0]
     assert [(v.shape, v.dtype) for v in views] == [(torch.Size([3, 32, 32]), torch.float32)] * 2
     probe_train, probe_test = data.eval_datasets(p)
     assert (len(probe_train), len(probe_test)) == (10, 3) and probe_train[3][0].shape == (3, 32, 32)
@@ -334,13 +335,13 @@ def test_cifar10_files_are_read_and_normalized_exactly(cifar_root: Dict[str, Any
 
 def test_stl10_pretrains_on_train_plus_unlabeled(stl_root: Dict[str, Any]) -> None:
     p = params(dataset_name="stl10", data_path=stl_root["root"])
-    train, val = data.pretrain_datasets(p, view_transforms=as_array)
+    train, val = pretrain_datasets(p, view_transforms=as_array)
     assert [train[i][1] for i in range(len(train))] == [0, 9, 4, -1, -1]
     stacked = np.concatenate([stl_root["images"]["train"], stl_root["images"]["unlabeled"]])
     assert all(torch.equal(train[i][0][0], torch.from_numpy(stacked[i])) for i in range(5))
     assert [val[i][1] for i in range(2)] == [3, 1] and val[0][0].shape == (3, 96, 96)
 
-    views, _ = data.pretrain_datasets(p)[0][3]
+    views, _ = pretrain_datasets(p)[0][3]
     assert [(v.shape, v.dtype) for v in views] == [(torch.Size([3, 96, 96]), torch.float32)] * 2
     probe_train, probe_test = data.eval_datasets(p)
     assert [probe_train[i][1] for i in range(len(probe_train))] == [0, 9, 4] and len(probe_test) == 2
@@ -357,9 +358,9 @@ def test_offline_download_failure_says_what_to_put_where(tmp_path: Any, monkeypa
 
     monkeypatch.setattr(urllib.request, "urlopen", no_network)
     with pytest.raises(data.DataError) as caught:
-        data.pretrain_datasets(params(dataset_name=name, data_path=str(tmp_path / "nowhere")))
+        pretrain_datasets(params(dataset_name=name, data_path=str(tmp_path / "nowhere")))
     message = str(caught.value)
-    base_folder = data._TORCHVISION[name].base_folder
+    base_folder = data.sources._TORCHVISION[name].base_folder
     assert message.startswith(f"dataset {name!r}: the files are not in {tmp_path}/nowhere/{base_folder} and "
                               "downloading them failed (<urlopen error [Errno -3] Temporary failure")
     assert all(f in message for f in files)
@@ -379,7 +380,7 @@ def test_synthetic_is_deterministic_per_seed_split_and_index() -> None:
     assert not np.array_equal(image(0, "train", 5), image(0, "train", 15))  # same class, other nuisances
     assert not np.array_equal(image(0, "train", 5), image(1, "train", 5))
     assert not np.array_equal(image(0, "train", 5), image(0, "val", 5))
-    train, val = data.pretrain_datasets(params(dataset_name="synthetic", synthetic_train_size=30,
+    train, val = pretrain_datasets(params(dataset_name="synthetic", synthetic_train_size=30,
                                                synthetic_val_size=20, data_seed=3))
     assert (len(train), len(val)) == (30, 20)
     assert [train[i][1] for i in range(12)] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
@@ -391,7 +392,7 @@ def test_synthetic_is_deterministic_per_seed_split_and_index() -> None:
 
 
 def test_synthetic_classes_differ_in_structure_not_in_nuisances() -> None:
-    u, v = data.shape_coordinates(64, (0.5, 0.5), 0.3, 0.0)
+    u, v = data.synthetic.shape_coordinates(64, (0.5, 0.5), 0.3, 0.0)
     masks = {name: mask(u, v) for name, mask, _ in data.SYNTHETIC_CLASSES}
     assert len(masks) >= 10
     for a in masks:
@@ -406,7 +407,7 @@ def test_synthetic_classes_differ_in_structure_not_in_nuisances() -> None:
 
     # the label is structural: every render of a class differs from the others of its class in colour
     rng = np.random.default_rng(0)
-    renders = [data.render_synthetic(0, 32, rng) for _ in range(3)]
+    renders = [data.synthetic.render_synthetic(0, 32, rng) for _ in range(3)]
     assert len({r[0, 0].tobytes() for r in renders}) == 3
 
 
@@ -445,36 +446,36 @@ def rounded(settings: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def test_simclr_views() -> None:
-    views = data.build_view_transforms(params(dataset_name="synthetic", transform_s=1.0))
+    views = view_transforms(params(dataset_name="synthetic", transform_s=1.0))
     expected = {"crop": (32, 32), "scale": (0.2, 1.0), "jitter": (0.8, 0.8, 0.8, 0.2), "jitter_p": 0.8,
                 "grayscale_p": 0.2, "blur_p": 0.5, "blur_kernel": 3, "solarize_p": 0.0}
     assert [rounded(describe(v)) for v in views] == [expected] * 2
-    unblurred = data.build_view_transforms(params(dataset_name="synthetic", transform_apply_blur=False))
+    unblurred = view_transforms(params(dataset_name="synthetic", transform_apply_blur=False))
     assert [describe(v)["blur_p"] for v in unblurred] == [0.0, 0.0]
 
 
 def test_byol_pair_is_asymmetric_and_differs_from_simclr() -> None:
-    views = data.build_view_transforms(params(dataset_name="stl10", transform_type="byol", num_global_crops=3))
+    views = view_transforms(params(dataset_name="stl10", transform_type="byol", num_global_crops=3))
     common = {"crop": (96, 96), "scale": (0.2, 1.0), "jitter": (0.4, 0.4, 0.2, 0.1), "jitter_p": 0.8,
               "grayscale_p": 0.2, "blur_kernel": 9}
     first = {**common, "blur_p": 1.0, "solarize_p": 0.0}
     second = {**common, "blur_p": 0.1, "solarize_p": 0.2, "solarize_threshold": 0.5}
     assert [rounded(describe(v)) for v in views] == [first, second, first]  # BYOL's values at the default s = 0.5
-    simclr = data.build_view_transforms(params(dataset_name="stl10"))
+    simclr = view_transforms(params(dataset_name="stl10"))
     assert rounded(describe(simclr[0]))["jitter"] == (0.4, 0.4, 0.4, 0.1) and describe(simclr[0])["blur_p"] == 0.5
 
 
 def test_multi_crop_view_sizes() -> None:
     p = params(dataset_name="synthetic", num_local_crops=3)
-    train, _ = data.pretrain_datasets(p)
+    train, _ = pretrain_datasets(p)
     assert [tuple(v.shape) for v in train[0][0]] == [(3, 32, 32)] * 2 + [(3, 14, 14)] * 3  # round(32 * 3 / 7)
-    local = describe(data.build_view_transforms(p)[2])
+    local = describe(view_transforms(p)[2])
     assert (local["scale"], local["blur_p"], local["solarize_p"]) == ((0.05, 0.4), 0.5, 0.0)
 
     p = params(dataset_name="synthetic", synthetic_image_size=48, transform_crop_size=40, num_local_crops=1,
                local_crop_size=12, transform_type="byol")
-    assert [tuple(v.shape) for v in data.pretrain_datasets(p)[0][0][0]] == [(3, 40, 40), (3, 40, 40), (3, 12, 12)]
-    assert data.local_crop_size(params(dataset_name="imagenet")) == 96
+    assert [tuple(v.shape) for v in pretrain_datasets(p)[0][0][0]] == [(3, 40, 40), (3, 40, 40), (3, 12, 12)]
+    assert data.local_crop_size(params(dataset_name="imagenet"), 224) == 96
 
 
 def test_blur_kernel_is_the_odd_size_near_10_percent_of_the_crop() -> None:
@@ -493,25 +494,25 @@ def test_separable_blur_equals_torchvision_gaussian_blur(kernel: int, sigma: flo
 
 def test_user_supplied_view_transforms() -> None:
     p = params(dataset_name="synthetic", synthetic_train_size=10, num_local_crops=1)
-    train, _ = data.pretrain_datasets(p, view_transforms=as_array)
+    train, _ = pretrain_datasets(p, view_transforms=as_array)
     views, _ = train[0]
     assert len(views) == 3 and all(torch.equal(v, views[0]) for v in views)
 
     def constant(value: float) -> Any:
         return lambda image: torch.full((1,), value)
 
-    train, _ = data.pretrain_datasets(p, view_transforms=[constant(1.0), constant(2.0), constant(3.0)])
+    train, _ = pretrain_datasets(p, view_transforms=[constant(1.0), constant(2.0), constant(3.0)])
     assert [v.item() for v in train[0][0]] == [1.0, 2.0, 3.0]
     with pytest.raises(ValueError, match=r"view_transforms: expected one callable or a list of 3 callables "
                                          r"\(num_global_crops=2 \+ num_local_crops=1\), got 2 items"):
-        data.pretrain_datasets(p, view_transforms=[constant(1.0), constant(2.0)])
+        pretrain_datasets(p, view_transforms=[constant(1.0), constant(2.0)])
     with pytest.raises(ValueError, match="view_transforms"):
-        data.pretrain_datasets(p, view_transforms=[constant(1.0), constant(2.0), "not callable"])
+        pretrain_datasets(p, view_transforms=[constant(1.0), constant(2.0), "not callable"])
 
 
 def test_eval_transform_is_deterministic_and_small_images_are_kept_whole() -> None:
     p = params(dataset_name="synthetic", synthetic_image_size=48, transform_crop_size=40)
-    transform = data.build_eval_transform(p)
+    transform = data.eval_transform(p)
     image = data.SyntheticShapes(48, 1, 0, "val", as_array).image(0)[0]
     assert torch.equal(transform(image), transform(image)) and transform(image).shape == (3, 40, 40)
     assert (transform.transforms[0].size, transform.transforms[1].size) == (40, (40, 40))
@@ -540,21 +541,19 @@ def test_data_path_falls_back_to_env_then_working_directory(tmp_path: Any, monke
     assert data.resolve_data_path(params()) == str(tmp_path)
 
 
-def test_linear_probe_params_need_only_their_own_fields(tmp_path: Any) -> None:
+def test_the_data_functions_need_only_the_data_source_fields(tmp_path: Any) -> None:
+    """The linear probe's params share the DataSourceOptions group with ModelParams; the data functions read nothing
+    else."""
     for name in ("a", "b"):
         for i in range(5):
             save(f"{tmp_path}/train/{name}/{i}.png", rgb(16, 16, seed=i))
-    probe_params = types.SimpleNamespace(dataset_name="imagefolder", data_path=str(tmp_path), batch_size=4,
-                                         transform_crop_size=None, data_seed=0, synthetic_image_size=32,
-                                         synthetic_train_size=8, synthetic_val_size=4, num_data_workers=0,
-                                         pin_data_memory=False, drop_last_batch=False)
-    train, test = data.eval_datasets(probe_params)
+    source = DataSourceOptions(dataset_name="imagefolder", data_path=str(tmp_path), synthetic_train_size=8,
+                               synthetic_val_size=4, num_data_workers=0, pin_data_memory=False)
+    train, test = data.eval_datasets(source)
     assert (len(train), len(test)) == (8, 2)  # default holdout_fraction 0.1 -> 1 image per class
-    probe_params.dataset_name = "synthetic"
-    assert [len(d) for d in data.eval_datasets(probe_params)] == [8, 4]
-    probe_params.dataset_name = "mnist"
+    assert [len(d) for d in data.eval_datasets(attr.evolve(source, dataset_name="synthetic"))] == [8, 4]
     with pytest.raises(ValueError, match="dataset_name: got 'mnist'; expected one of 'stl10', 'cifar10'"):
-        data.eval_datasets(probe_params)
+        data.eval_datasets(attr.evolve(source, dataset_name="mnist"))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -612,7 +611,7 @@ def test_shared_cifar10_tree_as_imagefolder() -> None:
     p = params(dataset_name="imagefolder", data_path=SHARED_CIFAR10)
     assert data.dataset_info(p) == data.DatasetInfo("imagefolder", 32, data.IMAGENET_MEAN, data.IMAGENET_STD, 10,
                                                     True)
-    train, val = data.pretrain_datasets(p)
+    train, val = pretrain_datasets(p)
     assert (len(train), len(val)) == (45000, 5000)
     assert [tuple(v.shape) for v in train[0][0]] == [(3, 32, 32)] * 2
     assert data.crop_size(params(dataset_name="imagefolder", data_path=SHARED_CIFAR10, transform_crop_size=32)) == 32

@@ -33,12 +33,13 @@ from helpers import cpu_trainer
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-import components
-import distributed
-from batchrenorm import BatchRenorm1d
-from criteria import build_criterion
-from moco import SelfSupervisedMethod
-from model_params import ModelParams, SimCLRParams, VICRegParams
+from selfsup import dist as selfsup_dist
+from selfsup.config import ModelParams, SimCLRParams, VICRegParams
+from selfsup.methods import build_criterion
+from selfsup.methods.base import identity
+from selfsup.nn.batchrenorm import BatchRenorm1d
+from selfsup.nn.target import MomentumTarget
+from selfsup.train.module import SelfSupervisedMethod
 
 pytestmark = pytest.mark.ddp
 
@@ -107,7 +108,7 @@ def _key_encoder(batch_norm: bool) -> nn.Module:
 
 def _keys(rank: int, batch_norm: bool, shuffle: bool) -> Tensor:
     views = [_own(_global_batch(view, FEATURES), rank) for view in (1, 2)]
-    target = components.MomentumTarget(_key_encoder(batch_norm), nn.Identity(), [0, 1], shuffle)
+    target = MomentumTarget(_key_encoder(batch_norm), nn.Identity(), [0, 1], shuffle)
     return torch.cat(target(views, [None, None]))
 
 
@@ -124,16 +125,16 @@ def _batch_norm_case(layer: nn.Module, x: Tensor, weights: Tensor) -> Dict[str, 
 
 def _sync_bn_case(rank: int) -> Dict[str, Tensor]:
     """A synchronized BatchNorm2d on this rank's slice; the ranks' losses sum to the single-process loss."""
-    layer = distributed.convert_sync_batchnorm(nn.BatchNorm2d(3))
+    layer = selfsup_dist.convert_sync_batchnorm(nn.BatchNorm2d(3))
     out = _batch_norm_case(layer, _own(_global_batch(3, 3, 5, 5), rank), _own(_global_batch(4, 3, 5, 5), rank))
     return {
         "output": out["output"],
         "input_grad": out["input_grad"],
-        "weight_grad": distributed.all_reduce_sum(layer.weight.grad),
-        "bias_grad": distributed.all_reduce_sum(layer.bias.grad),
+        "weight_grad": selfsup_dist.all_reduce_sum(layer.weight.grad),
+        "bias_grad": selfsup_dist.all_reduce_sum(layer.bias.grad),
         "running_mean": layer.running_mean,
         "running_var": layer.running_var,
-        "layer_type": torch.tensor(isinstance(layer, distributed.SyncBatchNorm)),
+        "layer_type": torch.tensor(isinstance(layer, selfsup_dist.SyncBatchNorm)),
     }
 
 
@@ -141,17 +142,17 @@ def collectives_job(rank: int) -> Dict[str, Any]:
     out: Dict[str, Any] = {}
     # gather_with_grad: loss_r = <gather(x), w_r>, so x_r's gradient is the own slice of w_0 + w_1.
     x = _own(_global_batch(0, 3), rank).requires_grad_()
-    (distributed.gather_with_grad(x) * _global_batch(10 + rank, 3)).sum().backward()
+    (selfsup_dist.gather_with_grad(x) * _global_batch(10 + rank, 3)).sum().backward()
     out["gathered_grad"] = x.grad
-    out["gathered_labels"] = distributed.gather_with_grad(torch.arange(LOCAL_BATCH) + 100 * rank)
+    out["gathered_labels"] = selfsup_dist.gather_with_grad(torch.arange(LOCAL_BATCH) + 100 * rank)
     # all_reduce_with_grad: loss_r = <sum_r x_r, w_r>, so every x_r receives w_0 + w_1.
     y = _own(_global_batch(0, 3), rank).requires_grad_()
-    (distributed.all_reduce_with_grad(y) * _own(_global_batch(20 + rank, 3), 0)).sum().backward()
+    (selfsup_dist.all_reduce_with_grad(y) * _own(_global_batch(20 + rank, 3), 0)).sum().backward()
     out["reduced_grad"] = y.grad
     # shuffle-BN round trip on sample ids
     ids = torch.arange(LOCAL_BATCH) + rank * LOCAL_BATCH
-    shuffled, unshuffle = distributed.batch_shuffle(ids)
-    out["shuffled"], out["unshuffled"] = shuffled, distributed.batch_unshuffle(shuffled, unshuffle)
+    shuffled, unshuffle = selfsup_dist.batch_shuffle(ids)
+    out["shuffled"], out["unshuffled"] = shuffled, selfsup_dist.batch_unshuffle(shuffled, unshuffle)
     for batch_norm in (True, False):
         for shuffle in (True, False):
             out[f"keys bn={batch_norm} shuffle={shuffle}"] = _keys(rank, batch_norm, shuffle)
@@ -467,22 +468,22 @@ def test_single_process_checkpoint_loads_and_resumes_under_ddp(lightning, checkp
 def test_sync_batch_norm_is_plain_batch_norm_in_one_process_and_keeps_state_dict_names():
     torch.manual_seed(0)
     plain = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), BatchRenorm1d(6))
-    synced = distributed.convert_sync_batchnorm(copy.deepcopy(plain))
-    assert isinstance(synced[1], distributed.SyncBatchNorm) and isinstance(synced[2], BatchRenorm1d)
+    synced = selfsup_dist.convert_sync_batchnorm(copy.deepcopy(plain))
+    assert isinstance(synced[1], selfsup_dist.SyncBatchNorm) and isinstance(synced[2], BatchRenorm1d)
     assert synced.state_dict().keys() == plain.state_dict().keys()
     x = torch.randn(8, 4)
     for mode in (True, False):
         plain.train(mode), synced.train(mode)
         torch.testing.assert_close(synced(x), plain(x), rtol=0, atol=0)
     torch.testing.assert_close(synced.state_dict(), plain.state_dict(), rtol=0, atol=0)
-    assert isinstance(distributed.convert_sync_batchnorm(nn.BatchNorm2d(3)), distributed.SyncBatchNorm)
+    assert isinstance(selfsup_dist.convert_sync_batchnorm(nn.BatchNorm2d(3)), selfsup_dist.SyncBatchNorm)
 
 
 def test_sync_batch_norm_field_converts_the_chosen_modules_and_the_ema_copy():
     params = dict(SMALL, mlp_normalization="bn", batch_size=LOCAL_BATCH, K=8)
 
     def synchronized(module: nn.Module) -> bool:
-        return any(isinstance(m, distributed.SyncBatchNorm) for m in module.modules())
+        return any(isinstance(m, selfsup_dist.SyncBatchNorm) for m in module.modules())
 
     heads = SelfSupervisedMethod(ModelParams(**params, sync_batch_norm="heads"), backbone=backbone(True))
     assert synchronized(heads.projection_model) and synchronized(heads.target.projection)
@@ -496,11 +497,11 @@ def test_sync_batch_norm_field_converts_the_chosen_modules_and_the_ema_copy():
 
 def test_gather_fields_resolve_to_the_gather_or_the_identity():
     local = build_criterion(SimCLRParams(gather_negatives_across_devices=False))
-    assert local.gather is components.identity
-    assert build_criterion(SimCLRParams()).gather is distributed.gather_with_grad
-    assert build_criterion(VICRegParams()).fn.keywords["gather"] is distributed.gather_with_grad
+    assert local.gather is identity
+    assert build_criterion(SimCLRParams()).gather is selfsup_dist.gather_with_grad
+    assert build_criterion(VICRegParams()).fn.keywords["gather"] is selfsup_dist.gather_with_grad
     vicreg_local = build_criterion(VICRegParams(vicreg_gather_across_devices=False))
-    assert vicreg_local.fn.keywords["gather"] is components.identity
+    assert vicreg_local.fn.keywords["gather"] is identity
 
 
 def test_sync_batch_norm_validation():

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from lars import LARS
+from selfsup.optim.lars import LARS
 
 
 def _param(values: list[float]) -> torch.nn.Parameter:

@@ -13,8 +13,8 @@ import torch
 from fixtures.make_legacy_fixtures import CHECKPOINT_PRESETS, small_encoder, small_params
 from helpers import cpu_trainer
 
-from moco import SelfSupervisedMethod
-from model_params import PRESETS
+from selfsup.config import PRESETS
+from selfsup.train.module import SelfSupervisedMethod
 
 LEGACY = Path(__file__).resolve().parent / "fixtures" / "legacy"
 REFERENCE: Dict[str, Any] = torch.load(LEGACY / "reference.pt", weights_only=False)

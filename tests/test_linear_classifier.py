@@ -13,11 +13,11 @@ import torch
 from helpers import cpu_trainer, tiny
 from test_readme import blocks
 
-import evaluation
-import linear_classifier
-from linear_classifier import LinearClassifierMethod, LinearClassifierMethodParams, make_linear_params
-from moco import SelfSupervisedMethod
-from model_params import PRESETS, ModelParams
+from selfsup.cli import linear as linear_cli
+from selfsup.config import PRESETS, ModelParams
+from selfsup.eval import probes
+from selfsup.eval.linear import LinearClassifierMethod, LinearClassifierMethodParams, make_linear_params
+from selfsup.train.module import SelfSupervisedMethod
 
 PROBE = dict(batch_size=8, max_epochs=1)  # the tiny datasets of helpers.TINY, 4 probe steps per epoch
 
@@ -59,7 +59,7 @@ def test_every_preset_round_trips_through_a_checkpoint_into_the_probe(name, tmp_
     # The probe sees the validation images as pretraining did (dataset, crop, normalization): the encoder of the
     # checkpoint reproduces the kNN accuracy logged on fast_dev_run's single validation batch.
     images, labels = next(iter(probe.val_dataloader()))
-    knn = evaluation.half_split_knn_accuracy(probe.encode(images), labels, probe.params.data_seed)
+    knn = probes.half_split_knn_accuracy(probe.encode(images), labels, probe.params.data_seed)
     assert knn == pytest.approx(float(pretraining.callback_metrics["valid_knn_acc"]))
 
     trainer = cpu_trainer(limit_train_batches=1, limit_val_batches=1, num_sanity_val_steps=0)
@@ -190,7 +190,7 @@ def test_command_line_prints_probe_and_knn_accuracies(tmp_path, capsys):
     path = tmp_path / "pretrained.ckpt"
     write_checkpoint(tiny(ModelParams), path)
     argv = ["--checkpoint", str(path), "--max_epochs", "1", "--batch_size", "8", "--accelerator", "cpu"]
-    results = linear_classifier.main(argv + ["--root_dir", str(tmp_path), "--precompute_features", "true"])
+    results = linear_cli.main(argv + ["--root_dir", str(tmp_path), "--precompute_features", "true"])
     assert set(results) == {"valid_acc1", "valid_acc5", "knn_acc"}
     assert f"kNN (k=200, T=0.1) top-1 {results['knn_acc']:.2f}%" in capsys.readouterr().out
 
@@ -200,6 +200,6 @@ def test_readme_probe_commands_parse_into_valid_params():
                 if line.startswith("python linear_classifier.py")]
     assert commands
     for argv in commands:
-        args = linear_classifier.build_parser().parse_args(argv)
+        args = linear_cli.build_parser().parse_args(argv)
         fields = attr.fields(LinearClassifierMethodParams)
         make_linear_params({f.name: getattr(args, f.name) for f in fields if hasattr(args, f.name)})

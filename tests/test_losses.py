@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import losses
-from criteria import ContrastiveCriterion, Step, build_criterion, view_pairs
-from model_params import BYOLParams, EqCoParams, ModelParams, SimCLRParams, VICRegParams
+from selfsup.config import BYOLParams, EqCoParams, ModelParams, SimCLRParams, VICRegParams
+from selfsup.methods import Step, base, build_criterion, contrastive, vicreg, view_pairs
+from selfsup.methods.contrastive import ContrastiveCriterion
 
 
 def unit(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -23,7 +23,7 @@ def unit(*shape: int, seed: int = 0) -> torch.Tensor:
 def test_info_nce_all_equal_logits_is_log_k_plus_1(K):
     pos = torch.full((4,), 0.3, dtype=torch.float64)
     neg = torch.full((4, K), 0.3, dtype=torch.float64)
-    assert losses.info_nce_loss(pos, neg, temperature=0.2).item() == pytest.approx(math.log(K + 1), rel=1e-12)
+    assert contrastive.info_nce_loss(pos, neg, temperature=0.2).item() == pytest.approx(math.log(K + 1), rel=1e-12)
 
 
 @pytest.mark.parametrize("T, rounded", [(0.2, 6.0926), (0.07, 0.0401)])
@@ -33,14 +33,14 @@ def test_info_nce_perfect_positive_orthogonal_queue(T, rounded):
     pos, neg = torch.ones(2, dtype=torch.float64), torch.zeros(2, K, dtype=torch.float64)
     closed_form = math.log1p(K * math.exp(-1 / T))
     assert closed_form == pytest.approx(rounded, abs=1e-4)
-    assert losses.info_nce_loss(pos, neg, T).item() == pytest.approx(closed_form, rel=1e-12)
+    assert contrastive.info_nce_loss(pos, neg, T).item() == pytest.approx(closed_form, rel=1e-12)
 
 
 def test_eqco_alpha_equal_to_negative_count_is_info_nce():
     q, k, queue = unit(8, 16), unit(8, 16, seed=1), unit(32, 16, seed=2)
     pos, neg = (q * k).sum(1), q @ queue.T
-    assert losses.eqco_loss(pos, neg, 0.2, alpha=32).item() == pytest.approx(
-        losses.info_nce_loss(pos, neg, 0.2).item(), abs=1e-12
+    assert contrastive.eqco_loss(pos, neg, 0.2, alpha=32).item() == pytest.approx(
+        contrastive.info_nce_loss(pos, neg, 0.2).item(), abs=1e-12
     )
 
 
@@ -53,16 +53,16 @@ def test_eqco_matches_original_factor_form_and_positive_margin():
     logits = torch.cat([pos[:, None], neg], 1) / T
     exp = logits.exp()
     reference = -(logits[:, 0] - torch.log(exp[:, 0] + f * (exp.sum(1) - exp[:, 0]))).mean()
-    assert losses.eqco_loss(pos, neg, T, alpha).item() == pytest.approx(reference.item(), abs=1e-10)
+    assert contrastive.eqco_loss(pos, neg, T, alpha).item() == pytest.approx(reference.item(), abs=1e-10)
     margin = T * math.log(f)  # EqCo = InfoNCE with the positive shifted by -T log(alpha/K)
-    assert losses.eqco_loss(pos, neg, T, alpha).item() == pytest.approx(
-        losses.info_nce_loss(pos - margin, neg, T).item(), abs=1e-10
+    assert contrastive.eqco_loss(pos, neg, T, alpha).item() == pytest.approx(
+        contrastive.info_nce_loss(pos - margin, neg, T).item(), abs=1e-10
     )
 
 
 def test_eqco_is_stable_where_the_original_form_overflows():
     pos, neg = torch.ones(4, dtype=torch.float16), torch.ones(4, 16, dtype=torch.float16)
-    value = losses.eqco_loss(pos, neg, temperature=0.07, alpha=65536)  # e^{1/0.07} overflows fp16
+    value = contrastive.eqco_loss(pos, neg, temperature=0.07, alpha=65536)  # e^{1/0.07} overflows fp16
     assert torch.isfinite(value)
     assert value.item() == pytest.approx(math.log(1 + 65536), rel=1e-5)
 
@@ -74,7 +74,7 @@ def test_binary_contrastive_loss_by_hand():
     pos, neg = torch.tensor([0.5]), torch.tensor([[0.1, -0.2]])
     T = 0.5
     expected = math.log1p(math.exp(-1.0)) + math.log1p(math.exp(0.2)) + math.log1p(math.exp(-0.4))
-    assert losses.binary_contrastive_loss(pos, neg, T).item() == pytest.approx(expected, rel=1e-6)
+    assert contrastive.binary_contrastive_loss(pos, neg, T).item() == pytest.approx(expected, rel=1e-6)
 
 
 @pytest.mark.parametrize("cos,expected", [(1.0, 0.0), (0.0, 2.0), (-1.0, 4.0)])
@@ -182,7 +182,7 @@ def test_batch_negatives_cross_view_only_with_lagging_model():
 
 def test_vicreg_constant_rows():
     z = torch.ones(16, 8) * 3.0
-    terms = losses.vicreg_loss(z, z, 25.0, 25.0, 1.0, 1e-4)
+    terms = vicreg.vicreg_loss(z, z, 25.0, 25.0, 1.0, 1e-4)
     assert terms["loss"].item() == pytest.approx(25 * 2 * (1 - math.sqrt(1e-4)), rel=1e-6)
     assert terms["loss_covariance"].item() == 0.0 and terms["loss_invariance"].item() == 0.0
 
@@ -192,7 +192,7 @@ def test_vicreg_whitened_equal_views_is_zero():
     a = torch.randn(n, d, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     u, _ = torch.linalg.qr(a - a.mean(0))  # orthonormal columns orthogonal to the ones vector
     z = u * math.sqrt(n - 1)  # zero mean, unbiased covariance = identity
-    assert losses.vicreg_loss(z, z, 25.0, 25.0, 1.0, 1e-4)["loss"].item() == pytest.approx(0.0, abs=1e-8)
+    assert vicreg.vicreg_loss(z, z, 25.0, 25.0, 1.0, 1e-4)["loss"].item() == pytest.approx(0.0, abs=1e-8)
 
 
 def test_vicreg_preset_criterion_and_permutation_invariance():
@@ -200,7 +200,7 @@ def test_vicreg_preset_criterion_and_permutation_invariance():
     z2 = torch.randn(32, 16, generator=torch.Generator().manual_seed(1))
     criterion = build_criterion(VICRegParams())
     out = criterion([z1, None], [None, z2], None)
-    assert out.loss.item() == pytest.approx(losses.vicreg_loss(z1, z2, 25, 25, 1, 1e-4)["loss"].item(), rel=1e-6)
+    assert out.loss.item() == pytest.approx(vicreg.vicreg_loss(z1, z2, 25, 25, 1, 1e-4)["loss"].item(), rel=1e-6)
     assert set(out.metrics) >= {"loss_invariance", "loss_variance", "loss_covariance"}
     perm = torch.randperm(32)
     assert criterion([z1[perm], None], [None, z2[perm]], None).loss.item() == pytest.approx(out.loss.item(), rel=1e-5)
@@ -211,10 +211,10 @@ def test_vicreg_preset_criterion_and_permutation_invariance():
 
 def test_split_positive_and_accuracy():
     sim = torch.tensor([[0.9, 0.1, 0.2], [0.3, 0.2, 0.8]])
-    pos, neg = losses.split_positive(sim, torch.tensor([0, 1]))
+    pos, neg = base.split_positive(sim, torch.tensor([0, 1]))
     assert pos.tolist() == pytest.approx([0.9, 0.2])
     assert torch.equal(neg, torch.tensor([[0.1, 0.2], [0.3, 0.8]]))
-    acc1, acc5 = losses.contrastive_accuracy(pos, neg)
+    acc1, acc5 = base.contrastive_accuracy(pos, neg)
     assert acc1.item() == 50.0 and acc5.item() == 100.0
 
 
@@ -224,7 +224,7 @@ def test_contrastive_accuracy_matches_rank_definition_with_ties():
     pos = torch.randint(0, 6, (200,), generator=generator).float()
     neg = torch.randint(0, 6, (200, 9), generator=generator).float()
     rank = (neg >= pos[:, None]).sum(dim=1)
-    acc1, acc5 = losses.contrastive_accuracy(pos, neg)
+    acc1, acc5 = base.contrastive_accuracy(pos, neg)
     assert acc1.item() == pytest.approx((rank < 1).float().mean().item() * 100)
     assert acc5.item() == pytest.approx((rank < 5).float().mean().item() * 100)
     assert 0 < acc1.item() < acc5.item() < 100
@@ -233,7 +233,7 @@ def test_contrastive_accuracy_matches_rank_definition_with_ties():
 def test_positive_negative_cosine_matches_brute_force():
     q, k = torch.randn(5, 3), torch.randn(5, 3)
     cos = F.normalize(q, dim=1) @ F.normalize(k, dim=1).T
-    pos, neg = losses.positive_negative_cosine(q, k)
+    pos, neg = base.positive_negative_cosine(q, k)
     assert pos.item() == pytest.approx(cos.diagonal().mean().item(), abs=1e-6)
     assert neg.item() == pytest.approx(cos[~torch.eye(5, dtype=torch.bool)].mean().item(), abs=1e-6)
 
@@ -287,9 +287,9 @@ def test_nt_xent_ideal_case_b256_and_feature_permutation_invariance():
 
 def test_eqco_with_an_empty_queue_is_zero():
     pos = torch.tensor([0.3, -0.2])
-    assert losses.eqco_loss(pos, pos.new_zeros(2, 0), temperature=0.2, alpha=65536).item() == 0.0
+    assert contrastive.eqco_loss(pos, pos.new_zeros(2, 0), temperature=0.2, alpha=65536).item() == 0.0
 
 
 def test_contrastive_accuracy_without_negatives_is_100():
-    acc1, acc5 = losses.contrastive_accuracy(torch.tensor([0.1, -0.5]), torch.zeros(2, 0))
+    acc1, acc5 = base.contrastive_accuracy(torch.tensor([0.1, -0.5]), torch.zeros(2, 0))
     assert acc1.item() == 100.0 and acc5.item() == 100.0

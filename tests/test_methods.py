@@ -12,10 +12,7 @@ import torch.nn.functional as F
 from helpers import cpu_trainer, tiny
 from torch import nn
 
-import losses
-from criteria import build_criterion
-from moco import SelfSupervisedMethod
-from model_params import (
+from selfsup.config import (
     PRESETS,
     BarlowTwinsParams,
     DINOParams,
@@ -28,6 +25,8 @@ from model_params import (
     SupConParams,
     SwAVParams,
 )
+from selfsup.methods import barlow_twins, build_criterion, dino, swav
+from selfsup.train.module import SelfSupervisedMethod
 
 NO_LABELS = torch.zeros(0)
 
@@ -51,11 +50,11 @@ def test_barlow_whitened_equal_views_is_zero_and_affine_invariant():
     a = randn(n, d)
     u, _ = torch.linalg.qr(a - a.mean(0))
     z = u * math.sqrt(n)  # zero mean, biased covariance = identity
-    assert losses.barlow_twins_loss(z, z, 0.0051).item() == pytest.approx(0.0, abs=1e-6)
+    assert barlow_twins.barlow_twins_loss(z, z, 0.0051).item() == pytest.approx(0.0, abs=1e-6)
     x, y = randn(64, 8, seed=1), randn(64, 8, seed=2)
     scale, shift = torch.rand(8, dtype=torch.float64) + 0.5, randn(8, seed=3)
-    assert losses.barlow_twins_loss(x * scale + shift, y, 0.0051).item() == pytest.approx(
-        losses.barlow_twins_loss(x, y, 0.0051).item(), rel=1e-6
+    assert barlow_twins.barlow_twins_loss(x * scale + shift, y, 0.0051).item() == pytest.approx(
+        barlow_twins.barlow_twins_loss(x, y, 0.0051).item(), rel=1e-6
     )
 
 
@@ -106,10 +105,10 @@ def test_dino_loss_is_at_least_teacher_entropy_with_equality_when_distributions_
     probs = F.softmax((teacher - center) / t_t, dim=1)
     entropy = -(probs * probs.log()).sum(1).mean()
     matching_student = (teacher - center) / t_t * t_s  # softmax(student / t_s) == teacher probabilities
-    assert losses.dino_loss(matching_student, teacher, center, t_s, t_t).item() == pytest.approx(
+    assert dino.dino_loss(matching_student, teacher, center, t_s, t_t).item() == pytest.approx(
         entropy.item(), rel=1e-9
     )
-    assert losses.dino_loss(randn(4, 10, seed=2), teacher, center, t_s, t_t).item() > entropy.item()
+    assert dino.dino_loss(randn(4, 10, seed=2), teacher, center, t_s, t_t).item() > entropy.item()
 
 
 def test_dino_teacher_temperature_warmup():
@@ -129,7 +128,7 @@ def test_dino_teacher_temperature_warmup():
 def test_sinkhorn_rows_sum_to_one_and_columns_to_b_over_k():
     b, k = 256, 3000
     scores = F.normalize(randn(b, 128), dim=1) @ F.normalize(randn(k, 128, seed=1), dim=1).T
-    codes = losses.sinkhorn_knopp(scores, epsilon=0.05, iterations=3)
+    codes = swav.sinkhorn_knopp(scores, epsilon=0.05, iterations=3)
     assert torch.allclose(codes.sum(1), torch.ones(b, dtype=torch.float64), atol=1e-12)
     assert codes.sum(0).mean().item() == pytest.approx(b / k, rel=1e-9)
     assert codes.sum(0).std().item() < 1e-3 * b / k

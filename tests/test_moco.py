@@ -11,9 +11,9 @@ import pytorch_lightning as pl
 import torch
 from helpers import cpu_trainer, tiny
 
-import distributed
-from moco import SelfSupervisedMethod
-from model_params import PRESETS, BYOLParams, ModelParams, SimCLRParams, VICRegParams, make_params
+from selfsup import dist
+from selfsup.config import PRESETS, BYOLParams, ModelParams, SimCLRParams, VICRegParams, make_params
+from selfsup.train.module import SelfSupervisedMethod
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -158,7 +158,7 @@ def test_simclr_uses_one_online_pass_over_both_views_and_no_target_copy():
 
 
 def test_single_process_distributed_flags_do_not_crash(monkeypatch):
-    monkeypatch.setattr(distributed, "_warned_single_process_shuffle", False)  # the warning is once per process
+    monkeypatch.setattr(dist.collectives, "_warned_single_process_shuffle", False)  # the warning is once per process
     params = tiny(ModelParams, shuffle_batch_norm=True, gather_keys_for_queue=True)
     model = SelfSupervisedMethod(params)
     with pytest.warns(UserWarning, match="shuffle_batch_norm has no effect in a single process"):

@@ -6,7 +6,7 @@ import warnings
 import attr
 import pytest
 
-from model_params import (
+from selfsup.config import (
     PRESETS,
     BYOLParams,
     EqCoParams,
@@ -207,7 +207,7 @@ def test_presets_are_not_suspicious(name):
 
 
 def test_short_run_overrides_scale_schedules_to_the_run():
-    from model_params import DINOParams, SimCLRParams, short_run_overrides
+    from selfsup.config import DINOParams, SimCLRParams, short_run_overrides
 
     dino = DINOParams(max_epochs=4)
     assert short_run_overrides(dino) == dict(

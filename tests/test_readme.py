@@ -13,8 +13,8 @@ import attr
 import pytest
 import torch
 
-import train
-from model_params import ModelParams
+from selfsup.cli import train
+from selfsup.config import ModelParams
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

@@ -22,11 +22,12 @@ from helpers import cpu_trainer, tiny
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
 
-import data
-import longrun
-import train
-from moco import SelfSupervisedMethod
-from model_params import BYOLParams, DINOParams, ModelParams, SimCLRParams
+from selfsup import data
+from selfsup.cli import train
+from selfsup.config import BYOLParams, DINOParams, ModelParams, SimCLRParams
+from selfsup.train import longrun
+from selfsup.train.module import SelfSupervisedMethod
+from selfsup.train.pipeline import pretrain_datasets
 
 
 class Killed(Exception):
@@ -129,7 +130,7 @@ def test_resume_continues_exactly_like_the_uninterrupted_run(runs, method, point
 
 def loader_batches(params: ModelParams, workers: int, resume: Any = None) -> List[torch.Tensor]:
     """The first view of every batch of two epochs (or of what is left after ``resume``)."""
-    dataset, _ = data.pretrain_datasets(params)
+    dataset, _ = pretrain_datasets(params)
     loader = data.make_loader(dataset, batch_size=8, shuffle=True, drop_last=True, num_workers=workers,
                               pin_memory=False, seed=params.seed)
     if resume is not None:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import ResNet
 
-from ws_resnet import (
+from selfsup.nn.ws_resnet import (
     WSConv2d,
     WSLinear,
     standardize_weight,

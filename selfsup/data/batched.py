@@ -1,10 +1,10 @@
 """Batched view augmentation: the views of a whole batch of uint8 images, made on the training device.
 
-With ``augmentation_backend="batched"`` the DataLoader only decodes and resizes (``data.pretrain_datasets`` yields
+With ``augmentation_backend="batched"`` the DataLoader only decodes and resizes (the pretraining datasets yield
 uint8 [3, S, S] images) and :class:`BatchedViews`, called by ``SelfSupervisedMethod.on_after_batch_transfer``, turns
 each batch [B, 3, S, S] into the float views. Every sample of every view draws its own parameters, with the
-distributions of the PIL pipeline (``data.view_transform``), read from the same description
-(``data.photometric_settings``):
+distributions of the PIL pipeline (``views.view_transform``), read from the same description
+(``views.photometric_settings``):
 
 - random resized crop: torchvision's RandomResizedCrop.get_params (10 attempts of area fraction ~ U(scale) and log
   aspect ratio ~ U(log 3/4, log 4/3), integer boxes, else the whole image), resized with PIL's bilinear filter
@@ -14,14 +14,14 @@ distributions of the PIL pipeline (``data.view_transform``), read from the same 
   ColorJitter and applied in a random order per sample, with the formulas of torchvision's tensor functional ops
   (brightness, contrast and saturation blend with black, the mean grey level and the grey image; hue shifts H in HSV);
 - grayscale (p = GRAYSCALE_P, ITU-R 601-2 luma, as PIL);
-- Gaussian blur with the view's probability, sigma ~ U(0.1, 2), kernel ``data.blur_kernel_size(size)``, reflect
+- Gaussian blur with the view's probability, sigma ~ U(0.1, 2), kernel ``blur_kernel_size(size)``, reflect
   padding (torchvision's GaussianBlur);
 - solarize (threshold 0.5) with the view's probability (BYOL's second view);
 - normalization, optionally into channels_last memory.
 
 Differences from the PIL pipeline, all small (``tests/test_augment.py`` measures the distributions): the images are
 not rounded to uint8 between the steps; for image folders the views come from the central square of each image,
-resized to S (``data.stored_image_size``), where the PIL crops see the whole image; the random jitter order is
+resized to S (``sources.stored_image_size``), where the PIL crops see the whole image; the random jitter order is
 drawn per sample, as torchvision does per image.
 
 Randomness: every batch draws from its own ``torch.Generator`` on the batch's device, seeded from (``seed`` =
@@ -35,14 +35,13 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-from typing import Any, Iterator, List, Sequence, Tuple
+from typing import Any, Iterator, List, Sequence
 
-import attr
 import numpy as np
 import torch
 from torch import Tensor
 
-import data
+from selfsup.data.views import BLUR_SIGMA, GRAYSCALE_P, JITTER_P, ViewSpec, blur_kernel_size, reflect_indices
 
 CROP_RATIO = (3 / 4, 4 / 3)  # aspect-ratio range of RandomResizedCrop
 CROP_ATTEMPTS = 10  # torchvision's attempts before falling back to the whole image
@@ -54,24 +53,6 @@ LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, PIL's RGB -> L
 # other jobs): on this 2-core machine under load, one batch of 256 took 48-74 ms with 1 thread, 142-1749 ms with 2.
 CPU_THREADS = 1
 BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)  # ColorJitter's operations
-
-
-@attr.s(auto_attribs=True, frozen=True)
-class ViewSpec:
-    """One view: output side in px, crop area-fraction range and its colour augmentation."""
-
-    size: int
-    scale: Tuple[float, float]
-    photometric: data.Photometric
-
-
-def view_specs(params: Any) -> List[ViewSpec]:
-    """The views of ``params``: num_global_crops global views, then num_local_crops local views (as the PIL
-    pipeline's :func:`data.build_view_transforms`)."""
-    global_photometric, local_photometric = data.photometric_settings(params)
-    global_views = [ViewSpec(data.crop_size(params), params.global_crop_scale, p) for p in global_photometric]
-    local = ViewSpec(data.local_crop_size(params), params.local_crop_scale, local_photometric)
-    return global_views + [local] * params.num_local_crops
 
 
 def _uniform(low: Tensor, high: Tensor, generator: torch.Generator) -> Tensor:
@@ -179,11 +160,11 @@ def gaussian_blur(x: Tensor, kernel_size: int, sigma: Tensor) -> Tensor:
     weights = torch.exp(-0.5 * (taps[None, :] / sigma[:, None]) ** 2)
     weights = (weights / weights.sum(dim=1, keepdim=True))[:, :, None, None, None]  # [N, taps, 1, 1, 1]
     height, width = x.shape[-2:]
-    padded = x.index_select(-1, data.reflect_indices(width, half).to(x.device))
+    padded = x.index_select(-1, reflect_indices(width, half).to(x.device))
     rows = weights[:, 0] * padded[..., :width]
     for i in range(1, kernel_size):
         rows.addcmul_(weights[:, i], padded[..., i:i + width])
-    rows = rows.index_select(-2, data.reflect_indices(height, half).to(x.device))
+    rows = rows.index_select(-2, reflect_indices(height, half).to(x.device))
     out = weights[:, 0] * rows[..., :height, :]
     for i in range(1, kernel_size):
         out.addcmul_(weights[:, i], rows[..., i:i + height, :])
@@ -260,17 +241,17 @@ class BatchedViews:
         high = torch.cat([1 + strength[:, :3], strength[:, 3:]], dim=1)
         factors = _uniform(low, high, generator)
         order = torch.rand(count, 4, generator=generator, device=device).argsort(dim=1)  # uniform permutations
-        jittered = draw(torch.tensor(data.JITTER_P, device=device))
+        jittered = draw(torch.tensor(JITTER_P, device=device))
         if len(jittered):
             x = x.index_copy(0, jittered, color_jitter(x[jittered], factors[jittered], order[jittered]))
 
-        grey = draw(torch.tensor(data.GRAYSCALE_P, device=device))
+        grey = draw(torch.tensor(GRAYSCALE_P, device=device))
         x[grey] = _luma(x[grey]).expand(-1, 3, -1, -1)
 
-        sigma = _uniform(*(torch.full((count,), s, device=device) for s in data.BLUR_SIGMA), generator)
+        sigma = _uniform(*(torch.full((count,), s, device=device) for s in BLUR_SIGMA), generator)
         blurred = draw(per_sample([v.photometric.blur_p for v in views]))
         if len(blurred):
-            x[blurred] = gaussian_blur(x[blurred], data.blur_kernel_size(size), sigma[blurred])
+            x[blurred] = gaussian_blur(x[blurred], blur_kernel_size(size), sigma[blurred])
 
         solarized = draw(per_sample([v.photometric.solarize_p for v in views]))
         if len(solarized):
@@ -281,9 +262,3 @@ class BatchedViews:
         shift = -torch.tensor(self.mean, device=device) * scale
         x = torch.addcmul(shift[None, :, None, None], x, scale[None, :, None, None])
         return x.contiguous(memory_format=self.memory_format)
-
-
-def build_batched_views(params: Any, channels_last: bool = False) -> BatchedViews:
-    """The batched views of ``params`` (its view_specs, the dataset's normalization, seeded with the run's seed)."""
-    info = data.dataset_info(params)
-    return BatchedViews(view_specs(params), info.mean, info.std, params.seed, channels_last)

@@ -1,9 +1,9 @@
 """Representation probes on frozen embeddings: a logistic regression and a weighted kNN, run at the end of each
-validation epoch of pretraining (moco.py) and by the linear-probe command line (linear_classifier.py)."""
+validation epoch of pretraining and by the linear probe, and the top-k accuracy of class logits."""
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -108,3 +108,12 @@ def half_split_knn_accuracy(embeddings: Tensor, labels: Tensor, seed: int) -> Op
 def concat_outputs(outputs: list[Tuple[Tensor, Tensor]]) -> Tuple[Tensor, Tensor]:
     """Stack per-batch (embeddings, labels) pairs collected during validation."""
     return torch.cat([e for e, _ in outputs]), torch.cat([y for _, y in outputs])
+
+
+@torch.no_grad()
+def topk_accuracy(logits: Tensor, target: Tensor, topk: Sequence[int] = (1, 5)) -> List[Tensor]:
+    """Percent of rows whose target is among the k largest logits, for each k (k is capped at the class count)."""
+    maxk = min(max(topk), logits.shape[1])
+    pred = logits.topk(maxk, dim=1).indices
+    correct = pred.eq(target[:, None])
+    return [correct[:, : min(k, maxk)].any(dim=1).float().mean() * 100 for k in topk]

@@ -1,0 +1,1 @@
+"""Command lines: ``selfsup-train`` (``train``), ``selfsup-linear`` (``linear``), ``selfsup-blog`` (``blog``)."""

@@ -1,0 +1,74 @@
+"""The rules across fields of :class:`ModelParams`, checked when params are built: impossible settings raise
+``ValueError`` naming the field, suspicious but legal ones warn. Each method's own rules are in its method file
+(``Method.check`` and ``Method.check_options``); these are the ones every method shares."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from selfsup.config.options import check_fields
+from selfsup.methods.base import REGISTRY, fail, method_of, suspicious
+
+if TYPE_CHECKING:
+    from selfsup.config.fields import ModelParams
+
+
+def validate_params(p: ModelParams) -> None:
+    """Raise ``ValueError`` for impossible settings and warn for suspicious ones; called by ``ModelParams``."""
+    check_fields(p)
+    if p.loss_constant_factor == 0 or not math.isfinite(p.loss_constant_factor):
+        fail("loss_constant_factor", f"got {p.loss_constant_factor!r}; expected a finite non-zero number")
+    for field in ("global_crop_scale", "local_crop_scale"):
+        low, high = getattr(p, field) if len(getattr(p, field)) == 2 else (-1.0, -1.0)
+        if not 0 < low <= high <= 1:
+            fail(field, f"got {getattr(p, field)!r}; expected (low, high) with 0 < low <= high <= 1")
+    for registered in dict.fromkeys(REGISTRY.values()):
+        registered.check_options(p)
+    method = method_of(p.loss_type)
+    method.check(p)
+
+    if p.uses_queue:
+        if p.K == 0:
+            fail("K", "the queue is used (use_negative_examples_from_queue=True) but K=0")
+        if p.K % p.batch_size != 0:
+            fail("K", f"queue length {p.K} must be a multiple of batch_size {p.batch_size} (whole batches enter the "
+                      "queue)")
+    if p.projection_mlp_layers == 0 and p.dim != p.embedding_dim:
+        fail("dim", f"projection_mlp_layers=0 makes the projection the identity, so dim ({p.dim}) must equal "
+                    f"embedding_dim ({p.embedding_dim})")
+    for field, norm in (
+        ("mlp_normalization", p.mlp_normalization),
+        ("prediction_mlp_normalization", p.resolved_prediction_mlp_normalization),
+    ):
+        if norm == "gn" and p.mlp_hidden_dim % 32 != 0:
+            fail(field, f"'gn' uses 32 groups, so mlp_hidden_dim ({p.mlp_hidden_dim}) must be a multiple of 32")
+    if p.use_both_augmentations_as_queries and p.num_global_crops < 2:
+        fail("num_global_crops", "a symmetric loss needs at least 2 global crops")
+    if p.num_global_crops < 2 and p.num_local_crops == 0:
+        fail("num_global_crops", f"got {p.num_global_crops}; two views are needed (add global or local crops)")
+
+    has_negatives = p.use_negative_examples_from_batch or p.use_negative_examples_from_queue
+    if not method.reads_negatives and has_negatives:
+        suspicious(f"loss_type={p.loss_type!r} reads no negatives; use_negative_examples_from_* are ignored")
+    if method.momentum_target is True and not p.use_lagging_model:
+        suspicious(f"loss_type={p.loss_type!r} is defined with an EMA target (teacher), but use_lagging_model=False")
+    if method.momentum_target is False and p.use_lagging_model:
+        suspicious(f"loss_type={p.loss_type!r} is defined without a momentum encoder, but use_lagging_model=True")
+    if not p.use_lagging_model and p.use_momentum_schedule:
+        suspicious("use_momentum_schedule has no effect without a lagging model")
+    heads_have_batch_norm = (
+        p.projection_output_batch_norm
+        or (p.projection_mlp_layers >= 2 and p.mlp_normalization == "bn")
+        or (p.prediction_mlp_layers >= 2 and p.resolved_prediction_mlp_normalization == "bn")
+    )
+    if p.sync_batch_norm == "heads" and not heads_have_batch_norm:
+        suspicious("sync_batch_norm='heads' but the projection and prediction MLPs have no BatchNorm layer")
+    if p.shuffle_batch_norm and p.sync_batch_norm == "all":
+        suspicious("shuffle_batch_norm is redundant with sync_batch_norm='all' (key statistics are already global)")
+    if p.shuffle_batch_norm and not p.use_lagging_model:
+        suspicious("shuffle_batch_norm shuffles the momentum encoder's batch, but use_lagging_model=False")
+    if p.gather_keys_for_queue and not p.uses_queue:
+        suspicious("gather_keys_for_queue has no effect without a queue")
+    if p.use_target_stop_gradient and p.use_lagging_model:
+        suspicious("use_target_stop_gradient only matters without a lagging model (EMA targets get no gradient)")

@@ -1,0 +1,181 @@
+"""View transforms: the description of each view (crop size, crop scale, colour augmentation), the per-image PIL
+pipeline that realizes it (augmentation_backend "pil"), and the deterministic evaluation and stored-image
+transforms. The batched pipeline (``batched.py``) realizes the same descriptions on whole batches."""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, Any, Callable, List, Sequence, Tuple
+
+import attr
+import torch
+import torchvision.transforms as T
+from PIL import Image
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from selfsup.config.fields import ViewOptions
+
+ViewTransform = Callable[[Image.Image], Any]  # PIL RGB image -> view (a Tensor for the built-in transforms)
+
+EVAL_CENTER_CROP_FRACTION = 0.875  # ImageNet convention: resize to crop / 0.875, then centre crop
+GRAYSCALE_P = 0.2
+JITTER_P = 0.8
+BLUR_SIGMA = (0.1, 2.0)
+TRANSFORM_TYPES = ("simclr", "byol")
+AUGMENTATION_BACKENDS = ("batched", "pil")
+
+
+@functools.lru_cache(maxsize=None)
+def reflect_indices(size: int, half: int) -> Tensor:
+    """Indices that pad a side of ``size`` pixels by ``half`` on each end with reflection (as F.pad's "reflect")."""
+    positions = torch.arange(-half, size + half).abs()
+    return torch.where(positions > size - 1, 2 * (size - 1) - positions, positions).clamp(0, size - 1)
+
+
+class GaussianBlur:
+    """Gaussian blur of a [C, H, W] float tensor with sigma ~ U(sigma range): torchvision's GaussianBlur (same kernel,
+    reflect padding), computed as 2 x kernel_size shifted, weighted sums because depthwise convolution is slow on CPU
+    (measured here: 58 us instead of 330 us at 32 px / 3 taps, 1.9 ms instead of 10.8 ms at 224 px / 23 taps). Padding
+    uses index_select: F.pad's reflect kernel always forks intra-op threads, and took 8 ms instead of 15 us per call in
+    a process with 2 torch threads on a busy machine (the main process when num_workers=0)."""
+
+    def __init__(self, kernel_size: int, sigma: Tuple[float, float] = BLUR_SIGMA) -> None:
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size: got {kernel_size}; expected an odd positive number")
+        self.kernel_size, self.sigma = kernel_size, sigma
+
+    def __call__(self, image: Tensor) -> Tensor:
+        sigma = float(torch.empty(1).uniform_(*self.sigma))
+        half = self.kernel_size // 2
+        weights = torch.exp(-0.5 * (torch.linspace(-half, half, self.kernel_size) / sigma) ** 2)
+        weights = (weights / weights.sum()).tolist()
+        height, width = image.shape[-2:]
+        padded = image.index_select(-1, reflect_indices(width, half)).index_select(-2, reflect_indices(height, half))
+        rows = image.new_zeros(*padded.shape[:-1], width)  # blurred along x, still padded along y
+        for offset, weight in enumerate(weights):
+            rows.add_(padded[..., offset:offset + width], alpha=weight)
+        blurred = torch.zeros_like(image)
+        for offset, weight in enumerate(weights):
+            blurred.add_(rows[..., offset:offset + height, :], alpha=weight)
+        return blurred
+
+    def __repr__(self) -> str:
+        return f"GaussianBlur(kernel_size={self.kernel_size}, sigma={self.sigma})"
+
+
+def blur_kernel_size(crop: int) -> int:
+    """The odd kernel size closest above 10% of the crop (SimCLR: 23 at 224 px), at least 3."""
+    return max(3, int(0.1 * crop) // 2 * 2 + 1)
+
+
+@attr.s(auto_attribs=True, frozen=True)
+class Photometric:
+    """The colour part of a view's augmentation."""
+
+    jitter: Tuple[float, float, float, float]  # ColorJitter brightness, contrast, saturation, hue (p = JITTER_P)
+    blur_p: float
+    solarize_p: float
+
+
+def photometric_settings(v: ViewOptions) -> Tuple[List[Photometric], Photometric]:
+    """(one Photometric per global view, the local views' Photometric) for ``transform_type``.
+
+    "byol" jitters by (0.8s, 0.8s, 0.4s, 0.2s), which at the default s = 0.5 is BYOL's 0.4/0.4/0.2/0.1, and alternates
+    BYOL's two views (blur 1.0 / 0.1, solarize 0 / 0.2); its local views blur with p = 0.5 and never solarize (DINO).
+    """
+    s = v.transform_s
+    global_views = v.num_global_crops
+    if v.transform_type == "simclr":
+        simclr = Photometric((0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s), 0.5 if v.transform_apply_blur else 0.0, 0.0)
+        return [simclr] * global_views, simclr
+    if v.transform_type == "byol":
+        jitter = (0.8 * s, 0.8 * s, 0.4 * s, 0.2 * s)
+        pair = (Photometric(jitter, 1.0, 0.0), Photometric(jitter, 0.1, 0.2))
+        return [pair[i % 2] for i in range(global_views)], Photometric(jitter, 0.5, 0.0)
+    raise ValueError(f"transform_type: got {v.transform_type!r}; expected one of {TRANSFORM_TYPES}")
+
+
+def view_transform(crop: int, scale: Tuple[float, float], photometric: Photometric, mean: Sequence[float],
+                   std: Sequence[float]) -> T.Compose:
+    """PIL RGB image -> normalized float [3, crop, crop] view. Blur and solarize run on the float tensor (a PIL round
+    trip would cost more), after the PIL colour steps, in BYOL's order. torchvision's v1 transforms, not v2: v2's
+    per-transform dispatch made this pipeline ~15% slower at 32 px (measured here)."""
+    steps: List[Callable[..., Any]] = [
+        T.RandomResizedCrop(crop, scale=scale),
+        T.RandomHorizontalFlip(),
+        T.RandomApply([T.ColorJitter(*photometric.jitter)], p=JITTER_P),
+        T.RandomGrayscale(p=GRAYSCALE_P),
+        T.ToTensor(),
+    ]
+    if photometric.blur_p > 0:
+        steps.append(T.RandomApply([GaussianBlur(blur_kernel_size(crop))], p=photometric.blur_p))
+    if photometric.solarize_p > 0:
+        steps.append(T.RandomSolarize(threshold=0.5, p=photometric.solarize_p))
+    steps.append(T.Normalize(mean, std))
+    return T.Compose(steps)
+
+
+@attr.s(auto_attribs=True, frozen=True)
+class ViewSpec:
+    """One view: output side in px, crop area-fraction range and its colour augmentation."""
+
+    size: int
+    scale: Tuple[float, float]
+    photometric: Photometric
+
+
+def local_crop_size(v: ViewOptions, crop: int) -> int:
+    """Side of the local crops: ``local_crop_size``, or 3/7 of the global crop ``crop`` (96 px for 224, as DINO)."""
+    return v.local_crop_size or round(crop * 3 / 7)
+
+
+def view_specs(v: ViewOptions, crop: int) -> List[ViewSpec]:
+    """The views of one image: ``num_global_crops`` global views of side ``crop``, then ``num_local_crops`` local
+    views."""
+    global_photometric, local_photometric = photometric_settings(v)
+    global_views = [ViewSpec(crop, v.global_crop_scale, p) for p in global_photometric]
+    local = ViewSpec(local_crop_size(v, crop), v.local_crop_scale, local_photometric)
+    return global_views + [local] * v.num_local_crops
+
+
+def build_view_transforms(specs: Sequence[ViewSpec], mean: Sequence[float], std: Sequence[float]
+                          ) -> List[ViewTransform]:
+    """One PIL transform per view."""
+    return [view_transform(spec.size, spec.scale, spec.photometric, mean, std) for spec in specs]
+
+
+def build_eval_transform(crop: int, small_images: bool, mean: Sequence[float], std: Sequence[float]
+                         ) -> Callable[[Image.Image], Tensor]:
+    """Deterministic: resize the shorter side, centre crop, normalize. Small-image datasets are evaluated whole
+    (resize to the crop, as customary for CIFAR); larger ones by the ImageNet 0.875 centre crop."""
+    side = crop if small_images else round(crop / EVAL_CENTER_CROP_FRACTION)
+    return T.Compose([T.Resize(side), T.CenterCrop(crop), T.ToTensor(), T.Normalize(mean, std)])
+
+
+def build_stored_image_transform(side: int) -> Callable[[Image.Image], Tensor]:
+    """PIL RGB image -> uint8 [3, side, side]: the shorter side resized to ``side``, the centre square kept. No
+    randomness: the views are made from the batch by batched.BatchedViews."""
+    return T.Compose([T.Resize(side), T.CenterCrop(side), T.PILToTensor()])
+
+
+class MultiView:
+    """PIL image -> [view_transform(image) for each view transform]."""
+
+    def __init__(self, transforms: Sequence[ViewTransform]) -> None:
+        self.transforms = list(transforms)
+
+    def __call__(self, image: Image.Image) -> List[Any]:
+        return [transform(image) for transform in self.transforms]
+
+
+def multi_view(transforms: ViewTransform | Sequence[ViewTransform], views: int, what: str) -> MultiView:
+    """``transforms``, one callable for every view or one per view, as a MultiView of ``views`` views; ``what``
+    names the count in the error (e.g. "num_global_crops=2 + num_local_crops=0")."""
+    if callable(transforms):
+        return MultiView([transforms] * views)
+    listed = list(transforms)
+    if len(listed) != views or not all(callable(t) for t in listed):
+        raise ValueError(f"view_transforms: expected one callable or a list of {views} callables ({what}), got "
+                         f"{len(listed)} items: {listed!r}")
+    return MultiView(listed)

@@ -1,0 +1,187 @@
+"""DINO (loss_type "dino"): self-distillation of a centered, sharpened EMA teacher into the student, over a head
+that ends in a prototype layer."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Dict, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from selfsup import dist
+from selfsup.config.options import option, options
+from selfsup.methods.base import (
+    LARS_WITHOUT_BIAS_AND_NORM,
+    NO_NEGATIVES,
+    LossOutput,
+    Method,
+    PairwiseCriterion,
+    Preset,
+    Step,
+    Views,
+    cosine_metrics,
+    cross_entropy_with_soft_targets,
+    fail,
+    fp32,
+    register,
+)
+
+if TYPE_CHECKING:
+    from selfsup.config.fields import ModelParams
+
+# Short runs: the teacher-temperature warmup takes the fraction of the run it takes in the paper (30 of 100 epochs),
+# prototype freezing that of the official recipe (1 of 100 epochs).
+SHORT_RUN_TEACHER_WARMUP_FRACTION = 0.3
+SHORT_RUN_FREEZE_FRACTION = 0.01
+
+
+def dino_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    center: Tensor,
+    student_temperature: float,
+    teacher_temperature: float,
+) -> Tensor:
+    """DINO (Caron et al. 2021, arXiv:2104.14294): H(softmax((t - c)/T_t), softmax(s/T_s)), mean over the batch.
+
+    student_logits, teacher_logits [B, K]; center [K]. The teacher side carries no gradient. All-zero logits give
+    log K.
+    """
+    teacher_probs = F.softmax((fp32(teacher_logits) - center) / teacher_temperature, dim=1).detach()
+    return cross_entropy_with_soft_targets(teacher_probs, student_logits, student_temperature)
+
+
+class DINOCriterion(PairwiseCriterion):
+    """DINO self-distillation: cross-entropy of the centered, sharpened teacher output of global view t against
+    the student output of view s; the center is an EMA of the teacher outputs over all processes."""
+
+    def __init__(
+        self,
+        pairs: Sequence[Tuple[int, int]],
+        reduction: str,
+        factor: float,
+        num_prototypes: int,
+        student_temperature: float,
+        teacher_temperature: float,
+        warmup_start: float,
+        warmup_epochs: int,
+        center_momentum: float,
+    ) -> None:
+        super().__init__(pairs, reduction, factor)
+        self.student_temperature = student_temperature
+        self.final_teacher_temperature = teacher_temperature
+        self.warmup_start, self.warmup_epochs = warmup_start, warmup_epochs
+        self.teacher_temperature = warmup_start if warmup_epochs > 0 else teacher_temperature
+        self.center_momentum = center_momentum
+        self.center: Tensor
+        self.register_buffer("center", torch.zeros(num_prototypes))
+
+    def set_epoch(self, epoch: int) -> None:
+        progress = min(epoch / self.warmup_epochs, 1.0) if self.warmup_epochs > 0 else 1.0
+        self.teacher_temperature = self.warmup_start + progress * (self.final_teacher_temperature - self.warmup_start)
+
+    def pair_loss(self, s: int, t: int, step: Step) -> LossOutput:
+        query, key = step.queries[s], step.keys[t]
+        assert query is not None and key is not None
+        loss = dino_loss(query, key, self.center, self.student_temperature, self.teacher_temperature)
+        return LossOutput(
+            loss, {**cosine_metrics(query, key), "teacher_temperature": torch.tensor(self.teacher_temperature)}
+        )
+
+    @torch.no_grad()
+    def after_step(self, keys: Views) -> None:
+        teacher = torch.cat([k for k in keys if k is not None])
+        batch_mean = dist.gather(teacher).float().mean(dim=0)
+        self.center.mul_(self.center_momentum).add_(batch_mean, alpha=1 - self.center_momentum)
+
+
+@options
+class DINOOptions:
+    """DINO"""
+
+    teacher_temperature: float = option(0.07, "DINO teacher softmax temperature after warmup (the student uses T)",
+                                        low=0, low_open=True)
+    teacher_temperature_warmup_start: float = option(0.04, "DINO teacher temperature at epoch 0, raised linearly",
+                                                     low=0, low_open=True)
+    teacher_temperature_warmup_epochs: int = option(30, "DINO epochs of linear teacher-temperature warmup", low=0)
+    center_momentum: float = option(0.9, "DINO EMA momentum of the teacher-output center", low=0, high=1)
+
+
+DINO_PRESET = Preset(
+    name="DINOParams", key="dino", paper="DINO, arXiv:2104.14294",
+    summary="EMA teacher with centering and sharpening (temperature warmup), GELU head with a normalized, "
+    "first-epoch-frozen prototype layer, 2 global + 8 local crops",
+    doc="DINO (Caron et al. 2021, arXiv:2104.14294): student/teacher self-distillation; teacher = EMA (0.996 cosine to "
+    "1) of encoder + head, centered (momentum 0.9) and sharpened (temperature 0.04 -> 0.07 over 30 epochs; student "
+    "0.1); 3-layer GELU head, L2-normalized bottleneck and a weight-normalized last layer (4096 outputs for "
+    "ResNet-18 instead of 65536) frozen for the first epoch; 2 global + 8 local crops; LARS as in DINO's ResNet "
+    "recipe.",
+    fields=dict(
+        loss_type="dino",
+        use_both_augmentations_as_queries=True,
+        view_pair_reduction="mean",
+        use_unit_sphere_projection=False,
+        projection_mlp_layers=3,
+        mlp_hidden_dim=2048,
+        dim=256,
+        mlp_activation="gelu",
+        num_prototypes=4096,
+        T=0.1,
+        teacher_temperature=0.07,
+        teacher_temperature_warmup_start=0.04,
+        teacher_temperature_warmup_epochs=30,
+        center_momentum=0.9,
+        freeze_prototypes_epochs=1,
+        m=0.996,
+        use_momentum_schedule=True,
+        num_local_crops=8,
+        global_crop_scale=(0.4, 1.0),
+        local_crop_scale=(0.05, 0.4),
+        transform_type="byol",
+        lr=0.3,
+        weight_decay=1e-6,
+        lars_warmup_epochs=10,
+        **NO_NEGATIVES,
+        **LARS_WITHOUT_BIAS_AND_NORM,
+    ),
+)
+
+
+@register
+class DINO(Method):
+    loss_types = ("dino",)
+    presets = (DINO_PRESET,)
+    momentum_target = True
+
+    def head_prototypes(self, p: ModelParams) -> int:
+        return p.num_prototypes
+
+    def check(self, p: ModelParams) -> None:
+        if p.use_unit_sphere_projection:
+            fail("use_unit_sphere_projection", "loss_type='dino' takes softmaxes of the prototype logits, which must "
+                                               "not be normalized; set it to False")
+
+    def criterion(self, p: ModelParams, pairs: Sequence[Tuple[int, int]], reduction: str,
+                  factor: float) -> PairwiseCriterion:
+        return DINOCriterion(
+            pairs, reduction, factor,
+            num_prototypes=p.num_prototypes,
+            student_temperature=p.T,
+            teacher_temperature=p.teacher_temperature,
+            warmup_start=p.teacher_temperature_warmup_start,
+            warmup_epochs=p.teacher_temperature_warmup_epochs,
+            center_momentum=p.center_momentum,
+        )
+
+    def short_run_overrides(self, p: ModelParams) -> Dict[str, Any]:
+        epochs = p.max_epochs
+        return dict(
+            teacher_temperature_warmup_epochs=min(
+                p.teacher_temperature_warmup_epochs, round(SHORT_RUN_TEACHER_WARMUP_FRACTION * epochs)
+            ),
+            freeze_prototypes_epochs=min(p.freeze_prototypes_epochs, int(SHORT_RUN_FREEZE_FRACTION * epochs)),
+        )
+
+    def small_run_overrides(self, p: ModelParams, batch_size: int) -> Dict[str, Any]:
+        return dict(num_prototypes=16, num_local_crops=min(p.num_local_crops, 2))

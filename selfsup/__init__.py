@@ -5,12 +5,31 @@
 Folders: ``config`` (fields, presets, recipes), ``methods`` (one file per method family, registered by loss_type),
 ``nn`` (encoders, heads, target network, queue), ``data`` (datasets, views, loaders), ``optim`` (LARS, schedules,
 parameter groups), ``dist`` (collectives, shuffle-BN, SyncBatchNorm), ``eval`` (probes, linear probe), ``train``
-(the LightningModule and long-run callbacks), ``cli`` (command lines).
+(the LightningModule and long-run callbacks), ``cli`` (command lines); docs/architecture.md maps them.
 """
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from selfsup.config import *  # noqa: F403 - ModelParams, the presets, make_params
 from selfsup.config import __all__ as _config_names
-from selfsup.eval.linear import LinearClassifierMethod, LinearClassifierMethodParams
-from selfsup.train.module import SelfSupervisedMethod
+
+if TYPE_CHECKING:
+    from selfsup.eval.linear import LinearClassifierMethod, LinearClassifierMethodParams
+    from selfsup.train.module import SelfSupervisedMethod
+
+# The LightningModules load on first use, so that importing the linear probe pulls in no training code.
+_MODULES = {
+    "SelfSupervisedMethod": "selfsup.train.module",
+    "LinearClassifierMethod": "selfsup.eval.linear",
+    "LinearClassifierMethodParams": "selfsup.eval.linear",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MODULES:
+        return getattr(importlib.import_module(_MODULES[name]), name)
+    raise AttributeError(f"module 'selfsup' has no attribute {name!r}")
+
 
 __all__ = ["LinearClassifierMethod", "LinearClassifierMethodParams", "SelfSupervisedMethod", *_config_names]

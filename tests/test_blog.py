@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import csv
-import shlex
 
 import pytest
 from helpers import TINY
-from test_readme import blocks
+from test_docs import BLOG_PROGRAM, commands
 
 from selfsup.cli import blog as train_blog
 from selfsup.config import ModelParams
@@ -45,9 +44,8 @@ def test_tiny_run_writes_csv_and_figure(tmp_path):
     assert list((tmp_path / "base" / "seed_0").glob("events.out.tfevents.*"))
 
 
-def test_readme_blog_commands_parse():
-    commands = [shlex.split(line)[2:] for block in blocks("bash") for line in block.splitlines()
-                if line.startswith("python train_blog.py")]
-    assert commands
-    for argv in commands:
+def test_documented_blog_commands_parse():
+    documented = commands(BLOG_PROGRAM)
+    assert documented
+    for argv in documented:
         train_blog.build_parser().parse_args(argv)

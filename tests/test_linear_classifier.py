@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 from typing import Any, List
 
@@ -11,7 +10,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from helpers import cpu_trainer, tiny
-from test_readme import blocks
+from test_docs import PROBE_PROGRAM, commands
 
 from selfsup.cli import linear as linear_cli
 from selfsup.config import PRESETS, ModelParams
@@ -195,11 +194,10 @@ def test_command_line_prints_probe_and_knn_accuracies(tmp_path, capsys):
     assert f"kNN (k=200, T=0.1) top-1 {results['knn_acc']:.2f}%" in capsys.readouterr().out
 
 
-def test_readme_probe_commands_parse_into_valid_params():
-    commands = [shlex.split(line)[2:] for block in blocks("bash") for line in block.splitlines()
-                if line.startswith("python linear_classifier.py")]
-    assert commands
-    for argv in commands:
+def test_documented_probe_commands_parse_into_valid_params():
+    documented = commands(PROBE_PROGRAM)
+    assert documented
+    for argv in documented:
         args = linear_cli.build_parser().parse_args(argv)
         fields = attr.fields(LinearClassifierMethodParams)
         make_linear_params({f.name: getattr(args, f.name) for f in fields if hasattr(args, f.name)})

@@ -302,3 +302,4 @@ def test_any_backbone_module():
     trainer = cpu_trainer(fast_dev_run=True)
     trainer.fit(model)
     assert torch.isfinite(trainer.callback_metrics["step_train_loss"])
+

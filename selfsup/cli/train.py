@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import typing
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import attr
 import pytorch_lightning as pl
@@ -61,14 +61,16 @@ def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse_optional
 
 
-def add_field(parser: argparse.ArgumentParser, field: attr.Attribute, annotation: Any) -> None:
+def add_field(parser: argparse._ActionsContainer, field: attr.Attribute, annotation: Any) -> None:
     """One flag per ModelParams field, typed after its annotation; absent flags leave the preset's value."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     optional = origin is typing.Union and type(None) in args
     base = next(a for a in args if a is not type(None)) if optional else annotation
+    # attrs' stubs declare Factory as a function returning the produced value; at runtime it is a class.
+    from_factory = isinstance(field.default, attr.Factory)  # type: ignore[arg-type]
     kwargs: Dict[str, Any] = dict(
         default=argparse.SUPPRESS,
-        help=f"(default: {field.default!r})" if not isinstance(field.default, attr.Factory) else "(default: [])",
+        help=f"(default: {field.default!r})" if not from_factory else "(default: [])",
     )
     base_origin = typing.get_origin(base)
     if base_origin in (tuple, typing.Tuple):
@@ -76,7 +78,8 @@ def add_field(parser: argparse.ArgumentParser, field: attr.Attribute, annotation
     elif base_origin in (list, typing.List):
         kwargs.update(nargs="*", type=str)
     else:
-        parse = {bool: parse_bool, int: int, float: float, str: str}[base]
+        parsers: Dict[Any, Callable[[str], Any]] = {bool: parse_bool, int: int, float: float, str: str}
+        parse = parsers[base]
         kwargs["type"] = _optional(parse) if optional else parse
     parser.add_argument(f"--{field.name}", **kwargs)
 
@@ -142,7 +145,9 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     trainer_kwargs: Dict[str, Any] = {name: getattr(args, name) for name in TRAINER_FLAGS}
     trainer_kwargs["devices"] = parse_devices(args.devices)
     trainer_kwargs = {k: v for k, v in trainer_kwargs.items() if v is not None}
-    callbacks = longrun.checkpoint_callbacks(directory, args.save_every_n_epochs, args.save_last_every_n_steps)
+    callbacks: List[pl.Callback] = [
+        *longrun.checkpoint_callbacks(directory, args.save_every_n_epochs, args.save_last_every_n_steps)
+    ]
     trainer = pl.Trainer(max_epochs=params.max_epochs, default_root_dir=args.root_dir, callbacks=callbacks,
                          plugins=[longrun.AtomicCheckpointIO()], **trainer_kwargs)
     trainer.fit(model, ckpt_path=ckpt_path)

@@ -14,12 +14,12 @@ from selfsup.config.fields import (
     PrototypeOptions,
     ViewOptions,
 )
-from selfsup.config.options import build_attrs, option, options
+from selfsup.config.options import build_attrs, option
 from selfsup.config.presets import *  # noqa: F403 - the presets, one per registered recipe
 from selfsup.config.recipes import short_run_overrides, small_run_overrides
 
 __all__ = [
     "DataSourceOptions", "DistributedOptions", "EncoderOptions", "HeadOptions", "LongRunOptions", "MethodOptions",
-    "ModelParams", "OptimOptions", "PrototypeOptions", "ViewOptions", "build_attrs", "option", "options",
+    "ModelParams", "OptimOptions", "PrototypeOptions", "ViewOptions", "build_attrs", "option",
     "short_run_overrides", "small_run_overrides", *_presets.__all__,
 ]

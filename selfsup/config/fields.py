@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any, List, Optional, Tuple
 
-from selfsup.config.options import option, options
+import attrs
+
+from selfsup.config.options import option
 from selfsup.config.validation import validate_params
 from selfsup.data.sources import DATASETS
 from selfsup.data.views import AUGMENTATION_BACKENDS, TRANSFORM_TYPES
@@ -34,7 +36,7 @@ def _loss_types() -> Tuple[str, ...]:
     return tuple(method_base.REGISTRY)
 
 
-@options
+@attrs.frozen(kw_only=True, slots=False)
 class EncoderOptions:
     """Encoder"""
 
@@ -50,7 +52,7 @@ class EncoderOptions:
                                        "convolutions are faster on CPUs (resnet18: 12-34% here) and tensor-core GPUs")
 
 
-@options
+@attrs.frozen(kw_only=True, slots=False)
 class DataSourceOptions:
     """Data source"""
 
@@ -71,7 +73,7 @@ class DataSourceOptions:
     pin_data_memory: bool = option(True, "page-locked host memory for faster host-to-GPU copies")
 
 
-@options
+@attrs.frozen(kw_only=True, slots=False)
 class ViewOptions:
     """Views and batches"""
 
@@ -97,7 +99,7 @@ class ViewOptions:
     drop_last_batch: bool = option(True, "drop the incomplete last training batch (queues need equal batches)")
 
 
-@options
+@attrs.frozen(kw_only=True, slots=False)
 class MethodOptions:
     """Method: embeddings, target network, negatives"""
 
@@ -123,7 +125,7 @@ class MethodOptions:
                                              "(SimCLR)", choices=method_base.VIEW_PAIR_REDUCTIONS)
 
 
-@options
+@attrs.frozen(kw_only=True, slots=False)
 class PrototypeOptions:
     """Prototypes (DINO, SwAV)"""
 
@@ -133,7 +135,7 @@ class PrototypeOptions:
                                               "update", low=0)
 
 
-@options
+@attrs.frozen(kw_only=True, slots=False)
 class HeadOptions:
     """Heads"""
 
@@ -154,7 +156,7 @@ class HeadOptions:
                                                             "mlp_hidden_dim", low=1)
 
 
-@options
+@attrs.frozen(kw_only=True, slots=False)
 class OptimOptions:
     """Optimization"""
 
@@ -175,7 +177,7 @@ class OptimOptions:
     use_constant_prediction_lr: bool = option(False, "the prediction MLP keeps the peak learning rate (SimSiam)")
 
 
-@options
+@attrs.frozen(kw_only=True, slots=False)
 class DistributedOptions:
     """Distributed"""
 
@@ -190,7 +192,7 @@ class DistributedOptions:
                                             choices=SYNC_BATCH_NORMS)
 
 
-@options
+@attrs.frozen(kw_only=True, slots=False)
 class LongRunOptions:
     """Long runs"""
 
@@ -200,7 +202,7 @@ class LongRunOptions:
 
 
 # attrs puts the fields of the last base first: the groups are listed last to first.
-@options
+@attrs.frozen(kw_only=True, slots=False)
 class ModelParams(
     LongRunOptions,
     DistributedOptions,

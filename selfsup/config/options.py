@@ -1,7 +1,8 @@
 """Declaring options: attrs fields that carry their help text, allowed values and range as metadata.
 
 One declaration gives the field, its validation (:func:`check_fields`), its command-line flag with help, and its row
-in docs/options.md. Options are grouped in small attrs classes (:func:`options`), which the params classes inherit:
+in docs/options.md. Options are grouped in small frozen attrs classes (``@attrs.frozen(kw_only=True, slots=False)``,
+without slots so that a params class can inherit several groups), whose docstring's first line titles the group:
 ``ModelParams`` and the linear probe's params share the encoder and data groups instead of re-declaring them.
 """
 
@@ -13,16 +14,10 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Type
 
 import attr
 
-T = TypeVar("T")
+T = TypeVar("T", bound=attr.AttrsInstance)  # an attrs class
 Choices = Union[Sequence[Any], Callable[[], Sequence[Any]]]  # a list, or a function computing it when needed
 
 HELP, CHOICES, RANGE = "help", "choices", "range"
-
-
-def options(cls: Type[T]) -> Type[T]:
-    """An option group: a frozen, keyword-only attrs class whose fields are declared with :func:`option`; its
-    docstring's first line titles the group in the docs."""
-    return attr.s(auto_attribs=True, frozen=True, kw_only=True, collect_by_mro=True)(cls)
 
 
 def option(
@@ -87,10 +82,10 @@ def check_fields(instance: Any) -> None:
                 fail(instance, field.name, f"got {value!r}; expected a value in {range_text(field)}")
 
 
-def build_attrs(cls: Callable[..., T], params: Optional[Mapping[str, Any] | Any] = None, **overrides: Any) -> T:
+def build_attrs(cls: Type[T], params: Optional[Mapping[str, Any] | Any] = None, **overrides: Any) -> T:
     """An instance of the attrs class ``cls`` from an instance, a dict of fields or None, with keyword overrides on
     top; an unknown name raises ``ValueError`` (with the closest field name), so no override is silently dropped."""
-    if isinstance(params, cls):  # type: ignore[arg-type]
+    if isinstance(params, cls):
         base: Dict[str, Any] = attr.asdict(params, recurse=False)
     elif params is None:
         base = {}
@@ -98,7 +93,7 @@ def build_attrs(cls: Callable[..., T], params: Optional[Mapping[str, Any] | Any]
         base = dict(params)
     else:
         raise TypeError(f"params must be {cls.__name__}, a dict or None, not {type(params).__name__}")
-    fields = attr.fields_dict(cls)  # type: ignore[arg-type]
+    fields = attr.fields_dict(cls)
     merged = {**base, **overrides}
     unknown = [name for name in merged if name not in fields]
     if unknown:

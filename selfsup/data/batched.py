@@ -248,7 +248,8 @@ class BatchedViews:
         grey = draw(torch.tensor(GRAYSCALE_P, device=device))
         x[grey] = _luma(x[grey]).expand(-1, 3, -1, -1)
 
-        sigma = _uniform(*(torch.full((count,), s, device=device) for s in BLUR_SIGMA), generator)
+        sigma_low, sigma_high = (torch.full((count,), s, device=device) for s in BLUR_SIGMA)
+        sigma = _uniform(sigma_low, sigma_high, generator)
         blurred = draw(per_sample([v.photometric.blur_p for v in views]))
         if len(blurred):
             x[blurred] = gaussian_blur(x[blurred], blur_kernel_size(size), sigma[blurred])

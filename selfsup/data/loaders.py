@@ -126,6 +126,7 @@ class ResumableLoader(DataLoader):
     """
 
     sampler: EpochSampler
+    batch_size: int  # make_loader always batches (DataLoader's attribute is None only without batching)
 
     def __iter__(self) -> Any:
         sampler = self.sampler

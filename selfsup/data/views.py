@@ -48,8 +48,8 @@ class GaussianBlur:
     def __call__(self, image: Tensor) -> Tensor:
         sigma = float(torch.empty(1).uniform_(*self.sigma))
         half = self.kernel_size // 2
-        weights = torch.exp(-0.5 * (torch.linspace(-half, half, self.kernel_size) / sigma) ** 2)
-        weights = (weights / weights.sum()).tolist()
+        kernel = torch.exp(-0.5 * (torch.linspace(-half, half, self.kernel_size) / sigma) ** 2)
+        weights = (kernel / kernel.sum()).tolist()
         height, width = image.shape[-2:]
         padded = image.index_select(-1, reflect_indices(width, half)).index_select(-2, reflect_indices(height, half))
         rows = image.new_zeros(*padded.shape[:-1], width)  # blurred along x, still padded along y

@@ -33,6 +33,7 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         self._check_input_dim(x)
         factor = 0.0  # weight of this batch in the running statistics
         if self.track_running_stats:
+            assert self.num_batches_tracked is not None  # registered by BatchNorm when it tracks running statistics
             self.num_batches_tracked.add_(1)
             factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
         if x.device.type == "cpu":
@@ -62,6 +63,7 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
         if self.track_running_stats:
+            assert self.running_mean is not None and self.running_var is not None  # as num_batches_tracked
             with torch.no_grad():
                 self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
                 unbiased = variance * count / (count - 1)

@@ -13,15 +13,17 @@ import os
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import attr
+import attrs
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.utilities.types import OptimizerLRSchedulerConfig
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from selfsup import data
 from selfsup.config.fields import DataSourceOptions, EncoderOptions
-from selfsup.config.options import build_attrs, check_fields, option, options
+from selfsup.config.options import build_attrs, check_fields, option
 from selfsup.eval import probes
 from selfsup.methods.base import identity
 from selfsup.nn.backbones import get_encoder, use_channels_last, with_representation
@@ -30,7 +32,7 @@ LR_MILESTONES = (0.6, 0.8)  # fractions of the epochs after which the learning r
 CLASSIFIER_INIT_STD = 0.01  # normal init of the linear layer's weights (bias 0), as MoCo's linear evaluation
 
 
-@options
+@attrs.frozen(kw_only=True, slots=False)
 class ProbeOptions:
     """Probe training"""
 
@@ -47,7 +49,7 @@ class ProbeOptions:
                                   "set", low=1)
 
 
-@options
+@attrs.frozen(kw_only=True, slots=False)
 class LinearClassifierMethodParams(ProbeOptions, DataSourceOptions, EncoderOptions):  # attrs: last base first
     """All knobs of :class:`LinearClassifierMethod`: the encoder and data fields of the pretraining run (they mean
     what they mean in ModelParams; from_moco_checkpoint takes them from the checkpoint) and the probe's own."""
@@ -219,7 +221,7 @@ class LinearClassifierMethod(pl.LightningModule):
             sync_dist=True,
         )
 
-    def configure_optimizers(self) -> Dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         p = self.params
         optimizer = torch.optim.SGD(
             self.classifier.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay

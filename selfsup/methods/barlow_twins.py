@@ -6,10 +6,11 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING, Sequence, Tuple
 
+import attrs
 import torch
 from torch import Tensor
 
-from selfsup.config.options import option, options
+from selfsup.config.options import option
 from selfsup.methods.base import (
     BYOL_VIEWS,
     LARS_WITHOUT_BIAS_AND_NORM,
@@ -42,7 +43,7 @@ def barlow_twins_loss(z_a: Tensor, z_b: Tensor, off_diagonal_weight: float, eps:
     return on_diagonal + off_diagonal_weight * (c.pow(2).sum() - c.diagonal().pow(2).sum())
 
 
-@options
+@attrs.frozen(kw_only=True, slots=False)
 class BarlowTwinsOptions:
     """Barlow Twins"""
 

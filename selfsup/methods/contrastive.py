@@ -13,12 +13,13 @@ import functools
 import math
 from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Sequence, Tuple
 
+import attrs
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from selfsup import dist
-from selfsup.config.options import option, options
+from selfsup.config.options import option
 from selfsup.methods.base import (
     BYOL_VIEWS,
     LARS_WITHOUT_BIAS_AND_NORM,
@@ -132,7 +133,7 @@ def same_view_negatives(p: ModelParams) -> bool:
     return p.use_negative_examples_from_batch and not p.use_lagging_model and p.use_both_augmentations_as_queries
 
 
-@options
+@attrs.frozen(kw_only=True, slots=False)
 class EqCoOptions:
     """EqCo"""
 

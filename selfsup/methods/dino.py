@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Dict, Sequence, Tuple
 
+import attrs
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from selfsup import dist
-from selfsup.config.options import option, options
+from selfsup.config.options import option
 from selfsup.methods.base import (
     LARS_WITHOUT_BIAS_AND_NORM,
     NO_NEGATIVES,
@@ -96,7 +97,7 @@ class DINOCriterion(PairwiseCriterion):
         self.center.mul_(self.center_momentum).add_(batch_mean, alpha=1 - self.center_momentum)
 
 
-@options
+@attrs.frozen(kw_only=True, slots=False)
 class DINOOptions:
     """DINO"""
 

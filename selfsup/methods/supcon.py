@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Callable, Sequence, Tuple
 
 import torch
@@ -56,7 +57,7 @@ class SupConCriterion(ContrastiveCriterion):
             pairs,
             reduction,
             factor,
-            loss_fn=info_nce_loss,
+            loss_fn=functools.partial(info_nce_loss, temperature=temperature),  # unused: pair_loss is SupCon's
             batch_negatives=True,
             same_view_negatives=same_view_negatives,
             gather=gather,

@@ -5,11 +5,12 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING, Any, Callable, Dict, Sequence, Tuple
 
+import attrs
 import torch
 from torch import Tensor
 
 from selfsup import dist
-from selfsup.config.options import option, options
+from selfsup.config.options import option
 from selfsup.methods.base import (
     LARS_WITHOUT_BIAS_AND_NORM,
     NO_NEGATIVES,
@@ -124,7 +125,7 @@ class SwAVCriterion(PairwiseCriterion):
         self.queue_filled.add_(features.shape[0])
 
 
-@options
+@attrs.frozen(kw_only=True, slots=False)
 class SwAVOptions:
     """SwAV"""
 

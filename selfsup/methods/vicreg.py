@@ -5,12 +5,13 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING, Callable, Dict, Sequence, Tuple
 
+import attrs
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from selfsup import dist
-from selfsup.config.options import option, options
+from selfsup.config.options import option
 from selfsup.methods.base import (
     LARS_WITHOUT_BIAS_AND_NORM,
     Method,
@@ -73,11 +74,11 @@ def off_diagonal_covariance(z: Tensor) -> Tensor:
     return (cov.pow(2).sum() - cov.diagonal().pow(2).sum()) / d
 
 
-@options
+@attrs.frozen(kw_only=True, slots=False)
 class VICRegOptions:
     """VICReg"""
 
-    use_vicreg_loss: bool = option(False, "must agree with loss_type == 'vic' (kept from the original interface)")
+    use_vicreg_loss: bool = option(False, "True exactly when loss_type is 'vic' (kept from the original interface)")
     invariance_loss_weight: float = option(25.0, "VICReg lambda (mean squared error between views)", low=0)
     variance_loss_weight: float = option(25.0, "VICReg mu (hinge on per-dimension std)", low=0)
     covariance_loss_weight: float = option(1.0, "VICReg nu (off-diagonal covariance)", low=0)

@@ -45,11 +45,12 @@ def get_encoder(arch: str, cifar_stem: bool = False) -> nn.Module:
         conv = nn.Conv2d
     setattr(model, _classifier_attribute(model), nn.Identity())
     if cifar_stem:
-        if not isinstance(getattr(model, "conv1", None), nn.Conv2d) or not hasattr(model, "maxpool"):
+        stem = getattr(model, "conv1", None)
+        if not isinstance(stem, nn.Conv2d) or not hasattr(model, "maxpool"):
             raise ValueError(
                 f"the CIFAR stem replaces conv1 and maxpool, which {arch!r} does not have; set use_cifar_stem=False"
             )
-        model.conv1 = conv(3, model.conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+        model.conv1 = conv(3, stem.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
         model.maxpool = nn.Identity()
     return model
 

@@ -43,6 +43,10 @@ class BatchRenorm1d(nn.Module):
         affine: learn a per-channel weight and bias.
     """
 
+    running_mean: Tensor  # [C]
+    running_var: Tensor  # [C]
+    num_batches_tracked: Tensor  # 0-d long
+
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.01, affine: bool = True) -> None:
         super().__init__()
         self.num_features = num_features

@@ -18,6 +18,10 @@ class Queue(nn.Module):
     (ResNet-18, K=4096 and K=256). Keys, pointer and fill count are buffers, so checkpoints hold them.
     """
 
+    keys: Tensor  # [D, K]
+    ptr: Tensor  # 0-d long: the next column to write
+    filled: Tensor  # 0-d long: how many columns hold keys
+
     def __init__(self, dim: int, size: int) -> None:
         super().__init__()
         self.register_buffer("keys", torch.zeros(dim, size))

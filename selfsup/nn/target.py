@@ -24,8 +24,8 @@ def encode_views(encoder: nn.Module, views: Sequence[Tensor]) -> List[Tensor]:
     """Encoder outputs of each view; consecutive views of equal shape go through the encoder as one batch."""
     out: List[Tensor] = []
     for _, group in itertools.groupby(views, key=lambda v: v.shape):
-        group = list(group)
-        out.extend(encoder(torch.cat(group)).chunk(len(group)))
+        batch = list(group)
+        out.extend(encoder(torch.cat(batch)).chunk(len(batch)))
     return out
 
 

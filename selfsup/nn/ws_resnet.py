@@ -11,7 +11,7 @@ and torchvision's initialisation are unchanged.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -58,10 +58,11 @@ def to_ws_conv2d(conv: nn.Conv2d) -> WSConv2d:
     ws = WSConv2d(
         conv.in_channels,
         conv.out_channels,
-        conv.kernel_size,
-        stride=conv.stride,
-        padding=conv.padding,
-        dilation=conv.dilation,
+        # nn.Conv2d stores these as 2-tuples; torch annotates the attributes of every _ConvNd as tuple[int, ...].
+        cast(tuple[int, int], conv.kernel_size),
+        stride=cast(tuple[int, int], conv.stride),
+        padding=cast("str | tuple[int, int]", conv.padding),
+        dilation=cast(tuple[int, int], conv.dilation),
         groups=conv.groups,
         bias=conv.bias is not None,
         padding_mode=conv.padding_mode,

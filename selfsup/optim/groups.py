@@ -32,7 +32,7 @@ def parameter_groups(
     """
     constant_ids = {id(p) for m in constant_lr_modules for p in m.parameters()}
     groups: Dict[Tuple[bool, bool], List[nn.Parameter]] = {
-        key: [] for key in itertools.product((False, True), repeat=2)
+        key: [] for key in itertools.product((False, True), (False, True))
     }
     for name, parameter, owner in named_parameters_with_owner(module):
         by_name = any(sub in name for sub in exclude_name_substrings)

@@ -10,7 +10,7 @@ There is no warmup here: the training module drives ``lr`` with a per-step LR sc
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, overload
 
 import torch
 from torch import Tensor
@@ -77,6 +77,12 @@ class LARS(torch.optim.Optimizer):
         _validate(param_group)
         super().add_param_group(param_group)
 
+    @overload
+    def step(self, closure: None = None) -> None: ...
+
+    @overload
+    def step(self, closure: Callable[[], float]) -> float: ...
+
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
@@ -93,6 +99,7 @@ class LARS(torch.optim.Optimizer):
             lr, momentum, weight_decay = group["lr"], group["momentum"], group["weight_decay"]
 
             # New tensors, never in-place on .grad: callers (and gradient accumulation) may still read the gradients.
+            updates: tuple[Tensor, ...] | list[Tensor]
             if weight_decay != 0:
                 updates = torch._foreach_add(grads, params, alpha=weight_decay)
             else:

@@ -30,7 +30,7 @@ import random
 import tempfile
 import warnings
 import zipfile
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, cast
 
 import numpy as np
 import pytorch_lightning as pl
@@ -138,7 +138,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise _checkpoint_error(str(path), f"loading failed ({error})") from error
 
 
-def complete_checkpoints(directory: str) -> List[str]:
+def complete_checkpoints(directory: str | os.PathLike[str]) -> List[str]:
     """The complete ``*.ckpt`` files of ``directory``, newest first (by modification time)."""
     paths = [p for p in glob.glob(os.path.join(directory, f"*{CHECKPOINT_SUFFIX}")) if is_complete_checkpoint(p)]
     return sorted(paths, key=os.path.getmtime, reverse=True)
@@ -169,12 +169,12 @@ def checkpoint_callbacks(directory: str, every_n_epochs: int, last_every_n_steps
     return [last, kept]
 
 
-def last_good_checkpoint(trainer: pl.Trainer) -> str:
+def last_good_checkpoint(trainer: pl.Trainer) -> str | os.PathLike[str]:
     """The newest complete checkpoint of the run's checkpoint folders, or the one it resumed from, for error messages
     (the file being written when a save is refused does not exist yet)."""
     folders = {callback.dirpath for callback in trainer.checkpoint_callbacks
                if isinstance(callback, ModelCheckpoint) and callback.dirpath}
-    paths = [path for folder in folders for path in complete_checkpoints(folder)[:1]]
+    paths: List[str | os.PathLike[str]] = [path for folder in folders for path in complete_checkpoints(folder)[:1]]
     paths = [p for p in paths + [trainer.ckpt_path or ""] if p and os.path.isfile(p)]
     if not paths:
         return "none (this run has not written a checkpoint yet)"
@@ -199,7 +199,8 @@ def check_finite_state(state: Mapping[str, Any], trainer: pl.Trainer) -> None:
 
 def rng_state() -> Dict[str, Any]:
     """This process's global RNG states, as tensors and Python numbers (loadable with torch.load(weights_only=True))."""
-    _, keys, position, has_gauss, gauss = np.random.get_state()
+    # The global generator is a legacy MT19937 RandomState, whose state is this tuple (numpy's stubs allow a dict too).
+    _, keys, position, has_gauss, gauss = cast(Tuple[str, np.ndarray, int, int, float], np.random.get_state())
     state: Dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": (torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(gauss)),
@@ -245,8 +246,8 @@ class ResumeState(pl.Callback):
             torch.distributed.all_gather_object(gathered, processes[0])  # Lightning saves on every process
             processes = gathered
         loader = trainer.train_dataloader
-        checkpoint[self.KEY] = {"rng": processes,
-                                "train_loader": loader.state_dict() if hasattr(loader, "state_dict") else None}
+        position = loader.state_dict() if loader is not None and hasattr(loader, "state_dict") else None
+        checkpoint[self.KEY] = {"rng": processes, "train_loader": position}
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: Dict[str, Any]) -> None:
@@ -257,7 +258,7 @@ class ResumeState(pl.Callback):
         if saved is None:
             return
         loader = trainer.train_dataloader
-        if saved["train_loader"] is not None and hasattr(loader, "load_state_dict"):
+        if saved["train_loader"] is not None and loader is not None and hasattr(loader, "load_state_dict"):
             loader.load_state_dict(saved["train_loader"])
         if len(saved["rng"]) != trainer.world_size:
             warnings.warn(f"the checkpoint holds the RNG states of {len(saved['rng'])} processes but this run has "

@@ -20,6 +20,7 @@ import attr
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.utilities.types import OptimizerLRSchedulerConfig
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -97,7 +98,7 @@ class SelfSupervisedMethod(pl.LightningModule):
         # DINO's prototype layer ends the projection head, so the teacher's EMA covers it; SwAV's prototypes belong
         # to its criterion (no EMA copy, and the feature queue is scored with the current prototypes).
         head_prototypes = params.method.head_prototypes(params)
-        self.projection_model = MLP(
+        self.projection_model: nn.Module = MLP(  # a SyncBatchNorm conversion may replace it
             params.embedding_dim,
             params.dim,
             params.mlp_hidden_dim,
@@ -109,7 +110,7 @@ class SelfSupervisedMethod(pl.LightningModule):
             num_prototypes=head_prototypes,
         )
         head_dim = head_prototypes or params.dim
-        self.prediction_model = MLP(
+        self.prediction_model: nn.Module = MLP(
             head_dim,
             head_dim,
             params.resolved_prediction_mlp_hidden_dim,
@@ -126,7 +127,7 @@ class SelfSupervisedMethod(pl.LightningModule):
         self.prototype_layers = [m for m in self.modules() if isinstance(m, PrototypeLayer)]
         self.query_views = self.criterion.query_views
         if params.use_lagging_model:
-            self.target: nn.Module = MomentumTarget(
+            self.target: Union[MomentumTarget, OnlineTarget] = MomentumTarget(
                 self.model, self.projection_model, self.criterion.key_views, params.shuffle_batch_norm
             )
             self.online_views = self.query_views
@@ -201,7 +202,9 @@ class SelfSupervisedMethod(pl.LightningModule):
         # thus before any callback's on_train_batch_end: a checkpoint saved there holds the finished step's state.
         keys, self._step_keys = self._step_keys, []
         if self.queue is not None:
-            self.queue.enqueue(self.gather_keys(keys[self.enqueued_view].detach()))
+            enqueued = keys[self.enqueued_view]
+            assert enqueued is not None  # the key view of the criterion's first pair, which every step computes
+            self.queue.enqueue(self.gather_keys(enqueued.detach()))
         self.criterion.after_step(keys)
         if self.current_epoch < self.params.freeze_prototypes_epochs:
             for layer in self.prototype_layers:
@@ -254,7 +257,7 @@ class SelfSupervisedMethod(pl.LightningModule):
             )
         params.method.check_global_batch(params, global_batch)
 
-    def configure_optimizers(self) -> Dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         params = self.params
         self._total_steps = int(self.trainer.estimated_stepping_batches)
         groups = parameter_groups(

@@ -1,0 +1,87 @@
+"""The README and docs/ are checked: every ```python block runs (GPU ones are compiled where no GPUs are; ```py marks
+excerpts that are not meant to run on their own), every command line of ours parses into valid params, the
+quickstart trains offline, and the generated parts (docs/options.md, the README's preset table) match the code."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from pathlib import Path
+from typing import List, Sequence, Tuple
+
+import pytest
+import torch
+
+from selfsup.cli import train
+from selfsup.config import ModelParams, reference
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+# Our programs, as the docs write them: the words that start an invocation (torchrun's "-m module" included).
+TRAIN_PROGRAM = (("selfsup-train",), ("python", "train.py"), ("-m", "selfsup.cli.train"))
+PROBE_PROGRAM = (("selfsup-linear",), ("python", "linear_classifier.py"))
+BLOG_PROGRAM = (("selfsup-blog",), ("python", "train_blog.py"))
+
+
+def blocks(language: str, documents: Sequence[Path] = DOCUMENTS) -> List[Tuple[str, str]]:
+    """(document name, code) of every fenced block of ``language``."""
+    return [(path.name, code) for path in documents
+            for code in re.findall(rf"```{language}\n(.*?)```", path.read_text(), flags=re.S)]
+
+
+def commands(program: Sequence[Tuple[str, ...]]) -> List[List[str]]:
+    """The arguments of every invocation of ``program`` in the docs' bash blocks (after any launcher such as
+    torchrun: the words after the program's leading words)."""
+    found = []
+    for _, block in blocks("bash"):
+        for line in block.splitlines():
+            for part in line.split("&&"):
+                words = shlex.split(part, comments=True)
+                for lead in program:
+                    starts = [i for i in range(len(words)) if tuple(words[i:i + len(lead)]) == lead]
+                    if starts and "..." not in words:
+                        found.append(words[starts[0] + len(lead):])
+                        break
+    return found
+
+
+def needs_gpu(code: str) -> bool:
+    return 'accelerator="gpu"' in code
+
+
+@pytest.mark.parametrize("index", range(len(blocks("python"))), ids=lambda i: blocks("python")[i][0])
+def test_python_snippet_runs(index, tmp_path, monkeypatch):
+    name, code = blocks("python")[index]
+    compile(code, f"{name} python block {index}", "exec")
+    if needs_gpu(code) and torch.cuda.device_count() < 8:
+        pytest.skip("needs 8 GPUs (compiled only)")
+    monkeypatch.chdir(tmp_path)
+    exec(code, {})  # noqa: S102 - the docs are ours
+
+
+@pytest.mark.parametrize("argv", commands(TRAIN_PROGRAM), ids=lambda argv: " ".join(argv[:2]))
+def test_train_command_parses_into_valid_params(argv):
+    args = train.build_parser().parse_args(argv)
+    assert isinstance(train.params_from_args(args), ModelParams)
+
+
+def test_quickstart_trains_offline_and_writes_its_checkpoint(tmp_path, monkeypatch):
+    quickstart = next(argv for argv in commands(TRAIN_PROGRAM) if "synthetic" in argv)
+    monkeypatch.chdir(tmp_path)
+    path = train.main(quickstart + ["--root_dir", str(tmp_path), "--accelerator", "cpu"])
+    assert os.path.exists(path)
+
+
+def test_generated_docs_match_the_code():
+    """Regenerate with: python -m selfsup.config.reference"""
+    assert (ROOT / "docs" / "options.md").read_text() == reference.options_markdown()
+    readme = (ROOT / "README.md").read_text()
+    assert reference.with_preset_table(readme) == readme
+    assert len(readme.splitlines()) <= 150
+
+
+def test_every_linked_page_exists():
+    for path in DOCUMENTS:
+        for target in re.findall(r"\]\(((?:docs/)?[\w/]+\.md)\)", path.read_text()):
+            assert (path.parent / target).exists() or (ROOT / target).exists(), f"{path.name} links to {target}"

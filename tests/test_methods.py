@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -24,8 +25,9 @@ from selfsup.config import (
     SimSiamParams,
     SupConParams,
     SwAVParams,
+    WMSEParams,
 )
-from selfsup.methods import barlow_twins, build_criterion, dino, swav
+from selfsup.methods import barlow_twins, build_criterion, dino, swav, wmse
 from selfsup.train.module import SelfSupervisedMethod
 
 NO_LABELS = torch.zeros(0)
@@ -303,3 +305,56 @@ def test_any_backbone_module():
     trainer.fit(model)
     assert torch.isfinite(trainer.callback_metrics["step_train_loss"])
 
+
+# --- W-MSE -----------------------------------------------------------------------------------------------------------
+
+
+def test_whitening_gives_zero_mean_identity_covariance_as_the_cholesky_formula():
+    x = randn(128, 16) @ randn(16, 16, seed=1) + 3.0  # correlated, shifted features
+    white = wmse.whiten(x, eps=0.0)
+    assert torch.allclose(white.mean(0), torch.zeros(16, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(white.T @ white / 127, torch.eye(16, dtype=torch.float64), atol=1e-10)
+    centred = (x - x.mean(0)).numpy()
+    lower = np.linalg.cholesky(centred.T @ centred / 127)
+    assert np.allclose(white.numpy(), centred @ np.linalg.inv(lower).T, atol=1e-10)
+
+
+@pytest.mark.parametrize("key, expected", [([7.0, 10.0, 13.0, 16.0], 0.0), ([4.0, 3.0, 2.0, 1.0], 4.0)])
+def test_wmse_in_one_dimension_compares_the_signs_of_the_standardized_views(key, expected):
+    """In 1-D, whitening standardizes and the L2 normalization keeps the sign: a positive affine image of the query
+    gives 0, a reversed order 2 - 2cos(pi) = 4 on every row."""
+    params = WMSEParams(batch_size=4, wmse_whitening_size=4, dim=1)
+    criterion = build_criterion(params)
+    query = torch.tensor([[1.0], [2.0], [3.0], [4.0]], dtype=torch.float64)
+    out = criterion([query, None], [None, torch.tensor(key, dtype=torch.float64)[:, None]], None, NO_LABELS)
+    assert out.loss.item() == pytest.approx(expected, abs=1e-12)
+
+
+def test_wmse_whitens_each_sub_batch_and_averages_the_partitions():
+    x = randn(16, 3)
+    order = torch.randperm(16, generator=torch.Generator().manual_seed(0))
+    grouped = wmse.whiten_in_groups(x, order, 8, eps=0.0)
+    for rows in order.view(2, 8):  # every sub-batch on its own has identity covariance
+        assert torch.allclose(grouped[rows].T @ grouped[rows] / 7, torch.eye(3, dtype=torch.float64), atol=1e-10)
+    one = build_criterion(WMSEParams(batch_size=16, wmse_whitening_size=16, dim=3))
+    four = build_criterion(WMSEParams(batch_size=16, wmse_whitening_size=16, dim=3, wmse_whitening_iterations=4))
+    views = ([x, None], [None, randn(16, 3, seed=1)])
+    assert four(*views).loss.item() == pytest.approx(one(*views).loss.item(), abs=1e-12)  # one sub-batch: no choice
+
+
+def test_wmse_collapse_with_shrinkage_is_two_and_both_views_get_gradients():
+    params = WMSEParams(batch_size=8, wmse_whitening_size=8, dim=4, wmse_whitening_eps=0.1)
+    constant = torch.ones(8, 4, dtype=torch.float64)
+    assert build_criterion(params)([constant, None], [None, constant]).loss.item() == pytest.approx(2.0, abs=1e-12)
+    a, b = randn(8, 4).requires_grad_(), randn(8, 4, seed=1).requires_grad_()
+    build_criterion(params)([a, None], [None, b]).loss.backward()
+    assert a.grad.abs().sum() > 0 and b.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(batch_size=200), "wmse_whitening_size: 128 must divide batch_size 200"),
+    (dict(dim=128), "wmse_whitening_size: 128 rows cannot whiten 128 dimensions"),
+])
+def test_wmse_rejects_sub_batches_that_cannot_be_whitened(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        WMSEParams(**overrides)

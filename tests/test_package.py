@@ -18,7 +18,7 @@ from selfsup.train import module
 FACES = {
     "moco": {"SelfSupervisedMethod": module.SelfSupervisedMethod},
     "model_params": {"ModelParams": selfsup.ModelParams, "BYOLParams": presets.BYOLParams,
-                     "PRESETS": presets.PRESETS},
+                     "PRESETS": presets.PRESETS, "WMSEParams": presets.WMSEParams},
     "linear_classifier": {"LinearClassifierMethod": linear.LinearClassifierMethod},
     "lars": {"LARS": importlib.import_module("selfsup.optim.lars").LARS},
     "batchrenorm": {"BatchRenorm1d": importlib.import_module("selfsup.nn.batchrenorm").BatchRenorm1d},

@@ -21,6 +21,7 @@ from selfsup.methods.contrastive import EqCoOptions
 from selfsup.methods.dino import DINOOptions
 from selfsup.methods.swav import SwAVOptions
 from selfsup.methods.vicreg import VICRegOptions
+from selfsup.methods.wmse import WMSEOptions
 from selfsup.nn.backbones import encoder_archs
 from selfsup.nn.heads import ACTIVATIONS, NORMALIZATIONS
 from selfsup.optim.groups import OPTIMIZERS
@@ -208,6 +209,7 @@ class ModelParams(
     DistributedOptions,
     OptimOptions,
     HeadOptions,
+    WMSEOptions,
     SwAVOptions,
     DINOOptions,
     BarlowTwinsOptions,

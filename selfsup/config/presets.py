@@ -49,6 +49,7 @@ DINOParams = preset("dino")
 SwAVParams = preset("swav")
 SupConParams = preset("supcon")
 NNCLRParams = preset("nnclr")
+WMSEParams = preset("wmse")
 
 __all__ = ["PRESETS", "PRESET_SPECS", "PresetFunction", "make_params", "preset",
            *(f.__name__ for f in PRESETS.values())]

@@ -26,6 +26,7 @@ def read_csv(path: str) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_bench_throughput_tiny(tmp_path):
     out = tmp_path / "throughput.csv"
     rows = bench_throughput.main(

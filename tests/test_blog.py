@@ -30,6 +30,7 @@ def test_each_configuration_is_the_blog_variant(config):
     assert isinstance(params, ModelParams) and params.batch_size == TINY["batch_size"]
 
 
+@pytest.mark.slow
 def test_tiny_run_writes_csv_and_figure(tmp_path):
     argv = ["--epochs", "1", "--seeds", "0", "--configs", "base", "no_norm", "xent", "--out_dir", str(tmp_path)]
     argv += ["--batch_size", "8", "--num_data_workers", "0"]

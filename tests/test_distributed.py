@@ -41,7 +41,7 @@ from selfsup.nn.batchrenorm import BatchRenorm1d
 from selfsup.nn.target import MomentumTarget
 from selfsup.train.module import SelfSupervisedMethod
 
-pytestmark = pytest.mark.ddp
+pytestmark = [pytest.mark.ddp, pytest.mark.slow]
 
 WORLD_SIZE = 2
 LOCAL_BATCH = 4  # images per process per step; the single-process reference uses WORLD_SIZE * LOCAL_BATCH

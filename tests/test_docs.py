@@ -8,7 +8,7 @@ import os
 import re
 import shlex
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import pytest
 import torch
@@ -30,20 +30,30 @@ def blocks(language: str, documents: Sequence[Path] = DOCUMENTS) -> List[Tuple[s
             for code in re.findall(rf"```{language}\n(.*?)```", path.read_text(), flags=re.S)]
 
 
-def commands(program: Sequence[Tuple[str, ...]]) -> List[List[str]]:
-    """The arguments of every invocation of ``program`` in the docs' bash blocks (after any launcher such as
-    torchrun: the words after the program's leading words)."""
+def invocations(program: Sequence[Tuple[str, ...]]) -> List[List[Tuple[List[str], Optional[str]]]]:
+    """Per bash block, every invocation of ``program``: (its arguments, the file its output is redirected to, if
+    any). The arguments are the words after the program's leading words (so after any launcher such as torchrun)."""
     found = []
     for _, block in blocks("bash"):
+        calls = []
         for line in block.splitlines():
             for part in line.split("&&"):
                 words = shlex.split(part, comments=True)
+                target = words[words.index(">") + 1] if ">" in words else None
+                words = words[: words.index(">")] if ">" in words else words
                 for lead in program:
                     starts = [i for i in range(len(words)) if tuple(words[i:i + len(lead)]) == lead]
                     if starts and "..." not in words:
-                        found.append(words[starts[0] + len(lead):])
+                        calls.append((words[starts[0] + len(lead):], target))
                         break
+        if calls:
+            found.append(calls)
     return found
+
+
+def commands(program: Sequence[Tuple[str, ...]]) -> List[List[str]]:
+    """The arguments of every invocation of ``program`` in the docs' bash blocks."""
+    return [argv for block in invocations(program) for argv, _ in block]
 
 
 def needs_gpu(code: str) -> bool:
@@ -60,12 +70,24 @@ def test_python_snippet_runs(index, tmp_path, monkeypatch):
     exec(code, {})  # noqa: S102 - the docs are ours
 
 
-@pytest.mark.parametrize("argv", commands(TRAIN_PROGRAM), ids=lambda argv: " ".join(argv[:2]))
-def test_train_command_parses_into_valid_params(argv):
-    args = train.build_parser().parse_args(argv)
-    assert isinstance(train.params_from_args(args), ModelParams)
+@pytest.mark.parametrize("index", range(len(invocations(TRAIN_PROGRAM))))
+def test_train_commands_parse_into_valid_params(index, tmp_path, monkeypatch, capsys):
+    """The commands of one bash block, in order: --print_config's output goes where the block redirects it, so a
+    later --config can read it."""
+    monkeypatch.chdir(tmp_path)
+    parser = train.build_parser()
+    for argv, target in invocations(TRAIN_PROGRAM)[index]:
+        if "--print_config" in argv:
+            with pytest.raises(SystemExit) as exit_:
+                train.parse(parser, argv)
+            assert exit_.value.code == 0
+            if target is not None:
+                Path(target).write_text(capsys.readouterr().out)
+            continue
+        assert isinstance(train.params_from_config(train.parse(parser, argv)), ModelParams)
 
 
+@pytest.mark.slow
 def test_quickstart_trains_offline_and_writes_its_checkpoint(tmp_path, monkeypatch):
     quickstart = next(argv for argv in commands(TRAIN_PROGRAM) if "synthetic" in argv)
     monkeypatch.chdir(tmp_path)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, List
 
-import attr
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -13,6 +12,7 @@ from helpers import cpu_trainer, tiny
 from test_docs import PROBE_PROGRAM, commands
 
 from selfsup.cli import linear as linear_cli
+from selfsup.cli.common import given_fields, migrate_argv
 from selfsup.config import PRESETS, ModelParams
 from selfsup.eval import probes
 from selfsup.eval.linear import LinearClassifierMethod, LinearClassifierMethodParams, make_linear_params
@@ -198,6 +198,5 @@ def test_documented_probe_commands_parse_into_valid_params():
     documented = commands(PROBE_PROGRAM)
     assert documented
     for argv in documented:
-        args = linear_cli.build_parser().parse_args(argv)
-        fields = attr.fields(LinearClassifierMethodParams)
-        make_linear_params({f.name: getattr(args, f.name) for f in fields if hasattr(args, f.name)})
+        config = linear_cli.build_parser().parse_args(migrate_argv(argv, LinearClassifierMethodParams))
+        make_linear_params(given_fields(config, LinearClassifierMethodParams))

@@ -43,6 +43,7 @@ def test_the_package_exports_the_modules_and_every_preset():
         assert getattr(selfsup, function.__name__) is function and function.__name__ in selfsup.__all__
 
 
+@pytest.mark.slow
 def test_the_linear_probe_imports_no_training_code():
     code = ("import sys; from selfsup.eval.linear import LinearClassifierMethod; "
             "print(sorted(m for m in sys.modules if m.startswith(('selfsup.train', 'selfsup.cli'))))")
@@ -50,7 +51,8 @@ def test_the_linear_probe_imports_no_training_code():
     assert out.strip() == "[]"
 
 
-@pytest.mark.parametrize("command", ["selfsup-train", "selfsup-linear", "selfsup-blog"])
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["selfsup-train", "selfsup-linear", "selfsup-embed", "selfsup-blog"])
 def test_console_commands_are_installed(command):
     path = shutil.which(command)
     assert path is not None, f"{command} is not on PATH: pip install -e . (requirements.txt) installs it"

@@ -34,7 +34,6 @@ from matplotlib.figure import Figure  # rendered by the Agg canvas, no GUI backe
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 
-from selfsup.cli.train import parse_devices
 from selfsup.config.fields import ModelParams
 from selfsup.config.presets import BYOLParams
 from selfsup.train.module import SelfSupervisedMethod
@@ -208,6 +207,11 @@ def write_summary(
         axis.set_ylim(-0.1, 1.05)
         axis.legend(fontsize=7)
     figure.savefig(os.path.join(out_dir, "summary.png"), dpi=120)
+
+
+def parse_devices(text: str) -> Any:
+    """A device count, or Lightning's other forms ("auto", "0,1")."""
+    return int(text) if text.isdigit() else text
 
 
 def _count_or_fraction(text: str) -> float | int:

@@ -190,10 +190,11 @@ class ImageFileDataset(Dataset):
     """Items ``(transform(RGB image), label)`` of a list of image files (see the module docstring on corrupt files)."""
 
     def __init__(self, samples: Sequence[Sample], transform: Callable[[Image.Image], Any],
-                 skip_corrupt: bool = False) -> None:
+                 skip_corrupt: bool = False, classes: Sequence[str] = ()) -> None:
         if not samples:
             raise DataError("ImageFileDataset: no image files given")
         self.samples = list(samples)
+        self.classes = list(classes)  # label i is classes[i]; [] for unlabeled images
         self.transform = transform
         self.skip_corrupt = skip_corrupt
         self.skipped: set[str] = set()  # unreadable paths met by this process

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -167,3 +167,14 @@ def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, drop_last: 
     world, rank = _world()
     sampler = EpochSampler(dataset, seed=seed, num_replicas=world, rank=rank)
     return ResumableLoader(SeededSamples(dataset), sampler=sampler, **settings)
+
+
+def with_progress(batches: Iterable[Any], total: int, description: str, enabled: bool = True) -> Iterator[Any]:
+    """The batches of ``batches`` (``(images, labels)`` pairs), with a progress bar that counts images and shows
+    images per second (tqdm, on stderr)."""
+    from tqdm.auto import tqdm  # Lightning's own progress bars use it
+
+    with tqdm(total=total, desc=description, unit="img", unit_scale=True, disable=not enabled, leave=False) as bar:
+        for batch in batches:
+            yield batch
+            bar.update(len(batch[-1]))

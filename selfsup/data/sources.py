@@ -195,7 +195,8 @@ def _split_datasets(source: DataSourceOptions, train_transform: Callable[[Image.
                 raise DataError(f"image folder {index.root} has no class folders, but the linear probe needs labels "
                                 "(expected <folder>/<class>/<image>)")
     skip = source.skip_corrupt_images
-    return ImageFileDataset(train.samples, train_transform, skip), ImageFileDataset(val.samples, evaluate, skip)
+    return (ImageFileDataset(train.samples, train_transform, skip, train.classes),
+            ImageFileDataset(val.samples, evaluate, skip, val.classes))
 
 
 def pretrain_datasets(source: DataSourceOptions, train_transform: Callable[[Image.Image], Any]) -> DatasetPair:

@@ -4,7 +4,7 @@ same images without files or downloads."""
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Tuple
+from typing import Any, Callable, List, Tuple
 
 import numpy as np
 from PIL import Image
@@ -117,6 +117,11 @@ class SyntheticShapes(Dataset):
 
     def __len__(self) -> int:
         return self.length
+
+    @property
+    def classes(self) -> List[str]:
+        """Label i is the shape or texture classes[i]."""
+        return [name for name, _, _ in SYNTHETIC_CLASSES]
 
     def image(self, index: int) -> Tuple[Image.Image, int]:
         if not 0 <= index < self.length:

@@ -21,7 +21,7 @@ from pytorch_lightning.utilities.types import OptimizerLRSchedulerConfig
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from selfsup import data
+from selfsup import data, dist
 from selfsup.config.fields import DataSourceOptions, EncoderOptions
 from selfsup.config.options import build_attrs, check_fields, option
 from selfsup.eval import probes
@@ -241,7 +241,10 @@ class LinearClassifierMethod(pl.LightningModule):
     @torch.no_grad()
     def _extract(self, dataset: Dataset) -> TensorDataset:
         features, labels = [], []
-        for x, y in self._loader(dataset, shuffle=False, drop_last=False):
+        loader = self._loader(dataset, shuffle=False, drop_last=False)
+        progress = data.loaders.with_progress(loader, len(dataset), "features",  # type: ignore[arg-type]
+                                              enabled=dist.rank() == 0)
+        for x, y in progress:
             features.append(self.model(x.to(self.device)).float().cpu())
             labels.append(y)
         return TensorDataset(torch.cat(features), torch.cat(labels))

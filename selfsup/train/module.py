@@ -39,6 +39,7 @@ from selfsup.optim.lars import LARS
 from selfsup.optim.schedules import WarmupCosineSchedule
 from selfsup.train import longrun
 from selfsup.train.pipeline import ViewTransforms, pretraining_data
+from selfsup.train.progress import Throughput
 
 Batch = Tuple[Sequence[Tensor], Tensor]
 
@@ -179,10 +180,8 @@ class SelfSupervisedMethod(pl.LightningModule):
         self.log("step_train_loss", out.loss.detach(), prog_bar=True, batch_size=batch_size)
         self.log_dict(out.metrics, batch_size=batch_size)
         self.log(longrun.EMBEDDING_STD_METRIC, spread, batch_size=batch_size)
-        self.log_dict(
-            {"m": self.current_momentum(), "T": self.params.T, "lr": self.trainer.optimizers[0].param_groups[0]["lr"]},
-            batch_size=batch_size,
-        )
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True, batch_size=batch_size)
+        self.log_dict({"m": self.current_momentum(), "T": self.params.T}, batch_size=batch_size)
         # the metrics go to the callbacks (non-finite loss guard, collapse monitor) as the step's outputs
         metrics = {"step_train_loss": out.loss.detach(), **out.metrics, longrun.EMBEDDING_STD_METRIC: spread}
         return {"loss": out.loss, "metrics": metrics}
@@ -228,7 +227,8 @@ class SelfSupervisedMethod(pl.LightningModule):
 
     def configure_callbacks(self) -> Sequence[pl.Callback]:
         p = self.params
-        return longrun.health_callbacks(self.projection_dim, p.collapse_std_fraction, p.collapse_patience_steps)
+        health = longrun.health_callbacks(self.projection_dim, p.collapse_std_fraction, p.collapse_patience_steps)
+        return [*health, Throughput()]
 
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         longrun.check_finite_state(checkpoint["state_dict"], self.trainer)

@@ -1,0 +1,70 @@
+"""Embedding pictures: the 2-D map names every class in its legend, neighbours are the brute-force nearest ones, and
+the callback writes its files during a real fit."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+from helpers import cpu_trainer, tiny
+
+from selfsup.config import SimCLRParams
+from selfsup.data import SYNTHETIC_MEAN, SYNTHETIC_STD, UNLABELED
+from selfsup.eval import visualize
+from selfsup.train.module import SelfSupervisedMethod
+
+
+def clusters(n: int = 60, classes: int = 3) -> tuple:
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(n) % classes
+    features = torch.eye(8)[labels] * 5 + torch.randn(n, 8, generator=generator)
+    return features, labels
+
+
+def test_the_map_colours_each_class_and_names_it_in_the_legend():
+    features, labels = clusters()
+    labels[-5:] = UNLABELED
+    points = visualize.map_2d(features, "tsne", seed=0)
+    assert points.shape == (60, 2) and np.allclose(points, visualize.map_2d(features, "tsne", seed=0))
+    figure = visualize.embedding_figure(points, labels, ["cat", "dog", "fish"], "title")
+    legend = figure.axes[0].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["unlabeled", "cat", "dog", "fish"]
+    colours = [tuple(c.get_facecolor()[0]) for c in figure.axes[0].collections]
+    assert len(set(colours)) == 4
+
+
+@pytest.mark.skipif(importlib.util.find_spec("umap") is None, reason="umap-learn is not installed")
+def test_umap_map():
+    assert visualize.map_2d(clusters()[0], "umap").shape == (60, 2)
+
+
+def test_neighbours_are_the_most_cosine_similar_other_samples():
+    features = torch.randn(20, 5, generator=torch.Generator().manual_seed(1))
+    queries = torch.tensor([0, 7])
+    found = visualize.nearest_neighbours(features, queries, k=4)
+    normalized = torch.nn.functional.normalize(features, dim=1)
+    for row, query in enumerate(queries.tolist()):
+        similarity = normalized @ normalized[query]
+        similarity[query] = -2
+        assert found[row].tolist() == similarity.topk(4).indices.tolist()
+
+
+def test_the_retrieval_grid_and_the_probe_curve():
+    features, labels = clusters(30)
+    images = torch.rand(30, 3, 8, 8)
+    grid = visualize.retrieval_figure((features, labels, images), None, "grid", queries=3, k=5)
+    assert len(grid.axes) == 3 * 6
+    curve = visualize.accuracy_figure({"valid_knn_acc": [(0, 10.0), (1, 20.0)], "valid_class_acc": []})
+    assert [line.get_label() for line in curve.axes[0].get_lines()] == ["valid_knn_acc"]
+
+
+def test_the_callback_writes_the_plots_and_the_probe_curve_of_a_fit(tmp_path):
+    plots = visualize.EmbeddingPlots(str(tmp_path), SYNTHETIC_MEAN, SYNTHETIC_STD, "tsne", every_n_epochs=1)
+    model = SelfSupervisedMethod(tiny(SimCLRParams, synthetic_val_size=48, max_epochs=2))
+    cpu_trainer(max_epochs=2, limit_train_batches=1, num_sanity_val_steps=0, callbacks=[plots]).fit(model)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["epoch001_neighbours.png", "epoch001_tsne.png", "final_neighbours.png", "final_tsne.png",
+                     "probe_accuracy.png"]
+    assert [epoch for epoch, _ in plots.history["valid_knn_acc"]] == [0, 1]

@@ -1,5 +1,2 @@
-import os
-import sys
-
-# The project is a flat set of top-level modules run from the repository root.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+"""Shared pytest configuration: the tests import the package (installed with pip install -e .) and, for the faces,
+the repository root, which pytest.ini's pythonpath puts on the path."""

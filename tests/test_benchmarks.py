@@ -5,20 +5,15 @@ from __future__ import annotations
 import csv
 import math
 import os
-import sys
 
 import numpy as np
 import pytest
+from helpers import tiny
 from PIL import Image
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-
-import bench_quality  # noqa: E402
-import bench_throughput  # noqa: E402
-from helpers import tiny  # noqa: E402
-
-from selfsup.config import MoCoV2Params  # noqa: E402
-from selfsup.train.module import SelfSupervisedMethod  # noqa: E402
+from benchmarks import bench_decode, bench_quality, bench_throughput
+from selfsup.config import MoCoV2Params
+from selfsup.train.module import SelfSupervisedMethod
 
 
 def read_csv(path: str) -> list[dict[str, str]]:
@@ -82,3 +77,10 @@ def test_bench_throughput_times_a_full_queue():
     assert model.queue.memory().shape[1] == 0  # a new queue is empty...
     bench_throughput.FullQueue().on_train_start(None, model)
     assert model.queue.memory().shape[1] == model.params.K  # ...and the benchmark times the steady state
+
+
+def test_bench_decode_tiny(tmp_path):
+    rows = bench_decode.main(["--num-images", "8", "--image-size", "40", "60", "--side", "32", "--batch-size", "4",
+                              "--workers", "0", "--device", "cpu", "--out", str(tmp_path / "decode.json")])
+    assert [r["workers"] for r in rows] == [0]
+    assert rows[0]["loader_decode_img_s"] > 0 and rows[0]["device_decode_img_s"] > 0

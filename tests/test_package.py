@@ -52,7 +52,8 @@ def test_the_linear_probe_imports_no_training_code():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", ["selfsup-train", "selfsup-linear", "selfsup-embed", "selfsup-blog"])
+@pytest.mark.parametrize("command", ["selfsup-train", "selfsup-linear", "selfsup-embed", "selfsup-shards",
+                                     "selfsup-blog"])
 def test_console_commands_are_installed(command):
     path = shutil.which(command)
     assert path is not None, f"{command} is not on PATH: pip install -e . (requirements.txt) installs it"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import warnings
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List
 
 import attr
 import pytest
@@ -20,6 +20,7 @@ import pytorch_lightning as pl
 import torch
 from helpers import cpu_trainer, tiny
 from pytorch_lightning.callbacks import ModelCheckpoint
+from test_shards import write as write_shards
 from torch import nn
 
 from selfsup import data
@@ -53,12 +54,16 @@ def small_encoder() -> nn.Module:
 
 # MoCo: queue + EMA key encoder, SGD, the default (batched) augmentations. BYOL: LARS, cosine momentum schedule,
 # BatchRenorm heads (step counters), per-step LR warmup. SimCLR: in-batch negatives, the per-image ("pil")
-# augmentations in two worker processes. DINO: per-epoch teacher temperature, center buffer, multi-crop.
-METHODS = {
-    "moco": lambda: tiny(ModelParams, embedding_dim=32),
-    "byol": lambda: tiny(BYOLParams, embedding_dim=32, lars_warmup_epochs=0.5, mlp_normalization="br"),
-    "simclr": lambda: tiny(SimCLRParams, embedding_dim=32, augmentation_backend="pil", num_data_workers=2),
-    "dino": lambda: tiny(DINOParams, embedding_dim=32, teacher_temperature_warmup_epochs=2),
+# augmentations in two worker processes. DINO: per-epoch teacher temperature, center buffer, multi-crop. MoCo on
+# shards: litdata's streaming loader, from shards of a generated folder (39 training images: 4 batches an epoch).
+# Each makes its params in a folder of its own (the shards' home).
+METHODS: Dict[str, Callable[[str], ModelParams]] = {
+    "moco": lambda _: tiny(ModelParams, embedding_dim=32),
+    "byol": lambda _: tiny(BYOLParams, embedding_dim=32, lars_warmup_epochs=0.5, mlp_normalization="br"),
+    "simclr": lambda _: tiny(SimCLRParams, embedding_dim=32, augmentation_backend="pil", num_data_workers=2),
+    "dino": lambda _: tiny(DINOParams, embedding_dim=32, teacher_temperature_warmup_epochs=2),
+    "moco_shards": lambda root: tiny(ModelParams, embedding_dim=32, dataset_name="shards",
+                                     data_path=write_shards(root)),
 }
 STEPS, KILLED_AT = 8, 6
 RESUME_FROM = {"epoch boundary": "epoch=0-step=4.ckpt", "mid-epoch": "step=6.ckpt"}
@@ -99,7 +104,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Dict[str, Any]]:
     """Per method: the params, the straight run's final state and checkpoints, the killed run's checkpoint folder."""
     out = {}
     for name, make in METHODS.items():
-        params, root = make(), tmp_path_factory.mktemp(name)
+        root = tmp_path_factory.mktemp(name)
+        params = make(str(root))
         straight = run(params, str(root / "straight"))
         assert straight.global_step == STEPS
         killed = run(params, str(root / "killed"), kill_at=KILLED_AT)
@@ -143,7 +149,7 @@ def loader_batches(params: ModelParams, workers: int, resume: Any = None) -> Lis
 
 
 def test_training_views_depend_only_on_seed_epoch_and_position():
-    params = METHODS["simclr"]()  # per-image augmentations
+    params = METHODS["simclr"]("")  # per-image augmentations
     alone = loader_batches(params, workers=0)
     assert len(alone) == 8 and len({batch.sum().item() for batch in alone}) == 8
     assert all(torch.equal(a, b) for a, b in zip(alone, loader_batches(params, workers=2)))
@@ -205,7 +211,7 @@ class PoisonAt(pl.Callback):
 
 
 def test_a_non_finite_loss_stops_training_naming_the_step_and_no_checkpoint_follows(tmp_path):
-    model = SelfSupervisedMethod(METHODS["moco"](), backbone=small_encoder())
+    model = SelfSupervisedMethod(METHODS["moco"](""), backbone=small_encoder())
     saver = ModelCheckpoint(dirpath=str(tmp_path), filename="{step}", every_n_train_steps=1, save_top_k=-1)
     trainer = cpu_trainer(max_epochs=1, limit_val_batches=0, callbacks=[PoisonAt(2), saver], enable_checkpointing=True,
                           plugins=[longrun.AtomicCheckpointIO()])

@@ -35,7 +35,8 @@ def test_the_map_colours_each_class_and_names_it_in_the_legend():
     assert len(set(colours)) == 4
 
 
-@pytest.mark.skipif(importlib.util.find_spec("umap") is None, reason="umap-learn is not installed")
+@pytest.mark.skipif(importlib.util.find_spec("umap") is None or importlib.util.find_spec("pynndescent") is None,
+                    reason="umap-learn is not installed")
 def test_umap_map():
     assert visualize.map_2d(clusters()[0], "umap").shape == (60, 2)
 

@@ -95,6 +95,9 @@ class ViewOptions:
                                                     converter=_tuple2)
     local_crop_scale: Tuple[float, float] = option((0.05, 0.4), "area fraction range of the local crops",
                                                    converter=_tuple2)
+    decode_on_device: bool = option(False, "decode the image files on the training device (CUDA: batched nvJPEG), "
+                                           "the loader workers only reading bytes; file datasets with the 'batched' "
+                                           "backend; on a CPU the loader decodes as usual")
     seed: int = option(0, "run seed: data order and per-sample augmentations; the command line also seeds weight "
                           "init and RNGs", low=0)
     drop_last_batch: bool = option(True, "drop the incomplete last training batch (queues need equal batches)")

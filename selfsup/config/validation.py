@@ -8,6 +8,7 @@ import math
 from typing import TYPE_CHECKING
 
 from selfsup.config.options import check_fields
+from selfsup.data.sources import FILE_DATASETS
 from selfsup.methods.base import REGISTRY, fail, method_of, suspicious
 
 if TYPE_CHECKING:
@@ -70,5 +71,8 @@ def validate_params(p: ModelParams) -> None:
         suspicious("shuffle_batch_norm shuffles the momentum encoder's batch, but use_lagging_model=False")
     if p.gather_keys_for_queue and not p.uses_queue:
         suspicious("gather_keys_for_queue has no effect without a queue")
+    if p.decode_on_device and (p.augmentation_backend != "batched" or p.dataset_name not in FILE_DATASETS):
+        suspicious(f"decode_on_device decodes image files for the batched views; it has no effect with "
+                   f"dataset_name={p.dataset_name!r} and augmentation_backend={p.augmentation_backend!r}")
     if p.use_target_stop_gradient and p.use_lagging_model:
         suspicious("use_target_stop_gradient only matters without a lagging model (EMA targets get no gradient)")

@@ -3,6 +3,7 @@ an image per image (``views``, PIL) or per batch on the training device (``batch
 (``loaders``). Functions here take resolved values or option groups, never the whole params object."""
 
 from selfsup.data.batched import BatchedViews
+from selfsup.data.decode import EncodedFileDataset, EncodedImages, collate_encoded, decode_batch
 from selfsup.data.files import (
     UNLABELED,
     CorruptImageWarning,
@@ -19,6 +20,7 @@ from selfsup.data.sources import (
     CIFAR10_MEAN,
     CIFAR10_STD,
     DATASETS,
+    FILE_DATASETS,
     IMAGENET_MEAN,
     IMAGENET_STD,
     STL10_MEAN,
@@ -56,7 +58,8 @@ from selfsup.data.views import (
 )
 
 __all__ = [
-    "AUGMENTATION_BACKENDS", "BLUR_SIGMA", "BatchedViews", "CIFAR10_MEAN", "CIFAR10_STD", "CorruptImageWarning",
+    "AUGMENTATION_BACKENDS", "BLUR_SIGMA", "BatchedViews", "EncodedFileDataset", "EncodedImages", "FILE_DATASETS",
+    "collate_encoded", "decode_batch", "CIFAR10_MEAN", "CIFAR10_STD", "CorruptImageWarning",
     "DATASETS", "DataError", "DatasetInfo", "EpochSampler", "FolderIndex", "GRAYSCALE_P", "GaussianBlur",
     "IMAGENET_MEAN", "IMAGENET_STD", "ImageFileDataset", "JITTER_P", "MultiView", "Photometric", "ResumableLoader",
     "STL10_MEAN", "STL10_STD", "SYNTHETIC_CLASSES", "SYNTHETIC_MEAN", "SYNTHETIC_STD", "SeededSamples",

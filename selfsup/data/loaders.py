@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any, Dict, Iterable, Iterator, List, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -149,18 +149,26 @@ class ResumableLoader(DataLoader):
 
 
 def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, drop_last: bool, num_workers: int,
-                pin_memory: bool, seed: int = 0) -> DataLoader:
+                pin_memory: bool, seed: int = 0, collate_fn: Optional[Callable[[List[Any]], Any]] = None) -> Any:
     """A DataLoader with persistent, prefetching workers and page-locked memory only where a GPU can use it.
 
     ``shuffle=True`` gives the training loader, a :class:`ResumableLoader` whose order and augmentations are functions
     of (``seed``, epoch, position) (module docstring) and which resumes mid-epoch; otherwise the samples come in order,
-    and workers are seeded from ``seed`` and the rank."""
+    and workers are seeded from ``seed`` and the rank. Sharded datasets (shards.ShardDataset) get litdata's loader,
+    which orders, splits across ranks and resumes them itself."""
+    pin_memory = pin_memory and torch.cuda.is_available()
+    generator = torch.Generator().manual_seed(_rank_seed(seed))
+    with_order = getattr(dataset, "with_order", None)
+    if with_order is not None:
+        from selfsup.data.shards import shard_loader  # litdata: the stream extra
+
+        return shard_loader(with_order(shuffle, seed, drop_last), batch_size, num_workers, pin_memory, generator,
+                            collate_fn)
     workers = num_workers > 0
     settings: Dict[str, Any] = dict(
-        batch_size=batch_size, drop_last=drop_last, num_workers=num_workers,
-        pin_memory=pin_memory and torch.cuda.is_available(), persistent_workers=workers,
-        prefetch_factor=PREFETCH_BATCHES_PER_WORKER if workers else None,
-        generator=torch.Generator().manual_seed(_rank_seed(seed)),
+        batch_size=batch_size, drop_last=drop_last, num_workers=num_workers, pin_memory=pin_memory,
+        persistent_workers=workers, prefetch_factor=PREFETCH_BATCHES_PER_WORKER if workers else None,
+        generator=generator, collate_fn=collate_fn,
     )
     if not shuffle:
         return DataLoader(dataset, shuffle=False, **settings)

@@ -32,6 +32,7 @@ import torchvision
 from PIL import Image
 from torch.utils.data import Dataset
 
+from selfsup.data.decode import EncodedFileDataset
 from selfsup.data.files import (
     DataError,
     FolderIndex,
@@ -51,7 +52,8 @@ if TYPE_CHECKING:
 
 DatasetPair = Tuple[Dataset, Dataset]  # (train, validation or test)
 
-DATASETS = ("stl10", "cifar10", "imagenet", "imagefolder", "synthetic")
+DATASETS = ("stl10", "cifar10", "imagenet", "imagefolder", "synthetic", "shards")
+FILE_DATASETS = ("imagenet", "imagefolder", "shards")  # the ones that store encoded image files
 SMALL_IMAGE_MAX_SIDE = 64  # datasets with default crops up to this size use the CIFAR stem by default
 MAX_FOLDER_CROP = 224  # an image folder's default crop never exceeds the ImageNet crop
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -98,6 +100,13 @@ def dataset_info(source: DataSourceOptions) -> DatasetInfo:
         return DatasetInfo(name, 224, IMAGENET_MEAN, IMAGENET_STD, 1000)
     if name == "synthetic":
         return DatasetInfo(name, source.synthetic_image_size, SYNTHETIC_MEAN, SYNTHETIC_STD, len(SYNTHETIC_CLASSES))
+    if name == "shards":
+        from selfsup.data.shards import read_metadata  # litdata: the stream extra
+
+        metadata = read_metadata(resolve_data_path(source))
+        side = int(metadata["image_size"])
+        return DatasetInfo(name, min(MAX_FOLDER_CROP, side), IMAGENET_MEAN, IMAGENET_STD,
+                           len(metadata["classes"]) or None)
     if name != "imagefolder":
         raise ValueError(f"dataset_name: got {name!r}; expected one of {', '.join(map(repr, DATASETS))}")
     train_dir, _ = _imagefolder_dirs(source)
@@ -176,10 +185,22 @@ def folder_splits(source: DataSourceOptions) -> Tuple[FolderIndex, FolderIndex]:
 
 
 def _split_datasets(source: DataSourceOptions, train_transform: Callable[[Image.Image], Any],
-                    labeled: bool) -> DatasetPair:
-    """(train with ``train_transform``, validation with the eval transform) of any dataset."""
+                    labeled: bool, encoded: bool = False) -> DatasetPair:
+    """(train with ``train_transform``, validation with the eval transform) of any dataset; with ``encoded`` the
+    training items are the images' bytes (decode.py), for the file-based datasets."""
     name = source.dataset_name
     evaluate = eval_transform(source)
+    if encoded and name not in FILE_DATASETS:
+        raise ValueError(f"decoding on the device needs encoded image files ({', '.join(FILE_DATASETS)}), not "
+                         f"dataset_name={name!r}")
+    if name == "shards":
+        from selfsup.data.shards import ShardDataset  # litdata: the stream extra
+
+        root = resolve_data_path(source)
+        shards = ShardDataset(root, "train", train_transform, encoded=encoded)
+        if labeled and not shards.classes:
+            raise DataError(f"shards at {root} have no classes, but the linear probe needs labels")
+        return shards, ShardDataset(root, "val", evaluate)
     if name == "synthetic":
         seed, size = source.data_seed, source.synthetic_image_size
         return (SyntheticShapes(size, source.synthetic_train_size, seed, "train", train_transform),
@@ -195,14 +216,17 @@ def _split_datasets(source: DataSourceOptions, train_transform: Callable[[Image.
                 raise DataError(f"image folder {index.root} has no class folders, but the linear probe needs labels "
                                 "(expected <folder>/<class>/<image>)")
     skip = source.skip_corrupt_images
-    return (ImageFileDataset(train.samples, train_transform, skip, train.classes),
-            ImageFileDataset(val.samples, evaluate, skip, val.classes))
+    train_set: Dataset = (EncodedFileDataset(train.samples, train.classes) if encoded
+                          else ImageFileDataset(train.samples, train_transform, skip, train.classes))
+    return train_set, ImageFileDataset(val.samples, evaluate, skip, val.classes)
 
 
-def pretrain_datasets(source: DataSourceOptions, train_transform: Callable[[Image.Image], Any]) -> DatasetPair:
+def pretrain_datasets(source: DataSourceOptions, train_transform: Callable[[Image.Image], Any],
+                      encoded: bool = False) -> DatasetPair:
     """(train, validation) for pretraining: train items are ``(train_transform(image), label)`` (label -1 when
-    unknown; STL-10 adds its unlabeled split), validation items ``(image, label)`` through :func:`eval_transform`."""
-    return _split_datasets(source, train_transform, labeled=False)
+    unknown; STL-10 adds its unlabeled split), or with ``encoded`` ``(image file bytes, label)``; validation items
+    ``(image, label)`` through :func:`eval_transform`."""
+    return _split_datasets(source, train_transform, labeled=False, encoded=encoded)
 
 
 def eval_datasets(source: DataSourceOptions) -> DatasetPair:

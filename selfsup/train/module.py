@@ -88,6 +88,7 @@ class SelfSupervisedMethod(pl.LightningModule):
         # augmentation_backend "batched": the loader yields uint8 images and on_after_batch_transfer makes the views on
         # the training device; custom view transforms or datasets deliver finished views (None: nothing to do).
         self.batch_views = self.pipeline.batch_views if train_dataset is None else None
+        self.decode_on_device = False  # resolved in setup, when the device is known
 
         self.cifar_stem = data.cifar_stem(params.use_cifar_stem, self.pipeline.info)
         self.model = backbone if backbone is not None else get_encoder(params.encoder_arch, self.cifar_stem)
@@ -160,6 +161,12 @@ class SelfSupervisedMethod(pl.LightningModule):
         return self.projection_model(self.model(x))
 
     # --- training ----------------------------------------------------------------------------------------------------
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Batches of encoded files are decoded on ``device`` (decode_on_device); others move as usual."""
+        if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], data.EncodedImages):
+            return data.decode_batch(batch[0].data, self.pipeline.stored_side, device), batch[1].to(device)
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Training batches of uint8 images [B, 3, S, S] become their views here, on the device (batch_views);
         validation batches pass unchanged, so the probe stays deterministic."""
@@ -313,7 +320,11 @@ class SelfSupervisedMethod(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         if self._train_dataset is None:
-            self._train_dataset, self._val_dataset = data.pretrain_datasets(self.params, self.pipeline.train_transform)
+            # On a CPU device the loader workers decode, in parallel: decoding in the training process would be slower.
+            self.decode_on_device = (self.params.decode_on_device and self.batch_views is not None
+                                     and self.trainer.strategy.root_device.type != "cpu")
+            self._train_dataset, self._val_dataset = data.pretrain_datasets(
+                self.params, self.pipeline.train_transform, encoded=self.decode_on_device)
 
     def train_dataloader(self) -> DataLoader:
         assert self._train_dataset is not None
@@ -326,6 +337,7 @@ class SelfSupervisedMethod(pl.LightningModule):
             num_workers=p.num_data_workers,
             pin_memory=p.pin_data_memory,
             seed=p.seed,
+            collate_fn=data.collate_encoded if self.decode_on_device else None,
         )
 
     def val_dataloader(self) -> DataLoader:

@@ -20,6 +20,7 @@ ViewTransforms = Union[ViewTransform, Sequence[ViewTransform], None]
 class PretrainingData:
     info: data.DatasetInfo
     crop: int  # side of the global views in px
+    stored_side: int  # side of the square images the batched views are cropped from
     views: List[data.ViewSpec]
     train_transform: Callable[[Image.Image], Any]  # what the loader does to each training image
     batch_views: Optional[data.BatchedViews]  # what makes the views of a batch on the device, if the loader does not
@@ -38,12 +39,14 @@ def pretraining_data(p: ModelParams, view_transforms: ViewTransforms = None) -> 
     info = data.dataset_info(p)
     crop = data.crop_size(p, info)
     views = data.view_specs(p, crop)
+    side = data.stored_image_size(info, crop)
     if uses_batched_views(p, view_transforms):
-        transform = data.build_stored_image_transform(data.stored_image_size(info, crop))
-        return PretrainingData(info, crop, views, transform, data.BatchedViews(views, info.mean, info.std, p.seed))
+        transform = data.build_stored_image_transform(side)
+        batch_views = data.BatchedViews(views, info.mean, info.std, p.seed)
+        return PretrainingData(info, crop, side, views, transform, batch_views)
     what = f"num_global_crops={p.num_global_crops} + num_local_crops={p.num_local_crops}"
     transforms = data.build_view_transforms(views, info.mean, info.std) if view_transforms is None else view_transforms
-    return PretrainingData(info, crop, views, data.multi_view(transforms, len(views), what), None)
+    return PretrainingData(info, crop, side, views, data.multi_view(transforms, len(views), what), None)
 
 
 def pretrain_datasets(p: ModelParams, view_transforms: ViewTransforms = None) -> data.sources.DatasetPair:

@@ -41,6 +41,7 @@ import resource
 import socket
 import statistics
 import sys
+import tempfile
 import time
 import traceback
 import warnings
@@ -61,8 +62,10 @@ from selfsup.nn.target import MomentumTarget, encode_views
 from selfsup.train.pipeline import batch_views
 
 try:
+    from benchmarks.bench_decode import generated_folder, images_per_second
     from benchmarks.bench_throughput import FullQueue, view_shapes
 except ImportError:  # run as a script: Python puts benchmarks/ itself, not the repository, on sys.path
+    from bench_decode import generated_folder, images_per_second  # type: ignore[no-redef, import-not-found]
     from bench_throughput import FullQueue, view_shapes  # type: ignore[no-redef, import-not-found]
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -879,12 +882,16 @@ def run(plan: Plan) -> Dict[str, Any]:
     losses = loss_run(plan)
     print(loss_text(losses), flush=True)
     augmentation = measure_augmentation(plan)
+    decoding = measure_decoding(plan)
+    print(decoding_text(decoding), flush=True)
     rows = run_rows(plan, TimeGuard(plan.max_seconds, start), cache)
     add_augmentation_shares(augmentation, rows)
     errors = [f"row {row_label(r)}: {r['error']}" for r in rows if r["status"] == ERROR]
     errors += [f"augmentation {r['method']} {r['arch']}: {r['error']}" for r in augmentation if r["status"] == ERROR]
     if not distributed["ok"]:
         errors.append("distributed check failed")
+    if decoding["status"] != OK:
+        errors.append(f"decoding: {decoding['error']}")
     if losses["status"] != OK:
         errors.append(f"loss-falls run: {losses['error']}")
     statuses = [r["status"] for r in rows]
@@ -901,7 +908,41 @@ def run(plan: Plan) -> Dict[str, Any]:
         "exit_code": 0 if not errors else 1,
     }
     return {"settings": settings(plan), "environment": environment(plan), "rows": rows, "augmentation": augmentation,
-            "distributed": distributed, "loss_run": losses, "totals": totals}
+            "decoding": decoding, "distributed": distributed, "loss_run": losses, "totals": totals}
+
+
+def measure_decoding(plan: Plan) -> Dict[str, Any]:
+    """Loader-bound throughput (images/s into the step) of JPEGs decoded by the loader workers vs on the device, and
+    how far the device's stored squares are from the loader path's (grey levels)."""
+    count, size, side = (16, (60, 80), 32) if plan.dry_run else (512, (375, 500), 256)
+    workers = [0] if plan.dry_run else [0, 8]
+    record: Dict[str, Any] = {"images": count, "image_size": list(size), "side": side, "rows": []}
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            paths = generated_folder(scratch, count, size)
+            for n in workers:
+                host = images_per_second(paths, side, 64, n, plan.device, on_device=False)
+                device = images_per_second(paths, side, 64, n, plan.device, on_device=True)
+                record["rows"].append({"workers": n, "loader_decode_img_s": host, "device_decode_img_s": device})
+            reference = torch.stack([data.build_stored_image_transform(side)(data.load_rgb(p)) for p in paths])
+            decoded = data.decode_batch([data.decode.read_bytes(p) for p in paths], side, plan.device).cpu()
+            difference = (decoded.int() - reference.int()).abs().float()
+            record.update(max_abs_diff=float(difference.max()), mean_abs_diff=float(difference.mean()), status=OK)
+    except Exception as error:  # reported, and the check exits non-zero
+        record.update(status=ERROR, error=describe(error), traceback=short_traceback())
+    return record
+
+
+def decoding_text(record: Dict[str, Any]) -> str:
+    if record["status"] != OK:
+        return f"decoding: ERROR {record['error']}"
+    lines = [f"{record['images']} generated {record['image_size'][0]}x{record['image_size'][1]} JPEGs to "
+             f"{record['side']} px; device stored squares vs the loader path's: max {record['max_abs_diff']:.0f}, "
+             f"mean {record['mean_abs_diff']:.3f} grey levels",
+             "| loader workers | loader decode img/s | device decode img/s |", "|---:|---:|---:|"]
+    lines += [f"| {r['workers']} | {r['loader_decode_img_s']:.0f} | {r['device_decode_img_s']:.0f} |"
+              for r in record["rows"]]
+    return "\n".join(lines)
 
 
 def report_text(report: Dict[str, Any]) -> str:
@@ -917,6 +958,8 @@ def report_text(report: Dict[str, Any]) -> str:
         notes,
         "## Batched augmentation on the device",
         augmentation_table(report["augmentation"]),
+        "## Decoding: loader workers vs the device",
+        decoding_text(report["decoding"]),
         "## Checks",
         distributed_text(report["distributed"]),
         loss_text(report["loss_run"]),

@@ -17,6 +17,10 @@ def test_gpu_check_cpu_dry_run(tmp_path):
     assert gpu_check.main(["--cpu-dry-run", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
 
+    decoding = report["decoding"]
+    assert decoding["status"] == "ok" and decoding["max_abs_diff"] <= 1  # on a CPU device: same decoder as PIL
+    assert all(r["loader_decode_img_s"] > 0 and r["device_decode_img_s"] > 0 for r in decoding["rows"])
+
     rows = report["rows"]
     assert {(r["method"], r["arch"]) for r in rows} == {
         (method, arch) for method in ("simclr", "byol", "moco_v2") for arch in ("resnet50", "resnet18")

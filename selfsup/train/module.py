@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from pytorch_lightning.utilities.types import OptimizerLRSchedulerConfig
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from selfsup import data, dist
 from selfsup.config.fields import ModelParams
@@ -38,7 +38,7 @@ from selfsup.optim.groups import parameter_groups
 from selfsup.optim.lars import LARS
 from selfsup.optim.schedules import WarmupCosineSchedule
 from selfsup.train import longrun
-from selfsup.train.pipeline import ViewTransforms, pretraining_data
+from selfsup.train.pipeline import PretrainingDataModule, ViewTransforms
 from selfsup.train.progress import Throughput
 
 Batch = Tuple[Sequence[Tensor], Tensor]
@@ -83,12 +83,8 @@ class SelfSupervisedMethod(pl.LightningModule):
         params = make_params(params, **overrides)
         self.params = params
         self.save_hyperparameters(attr.asdict(params))
-        self._train_dataset, self._val_dataset = train_dataset, val_dataset
-        self.pipeline = pretraining_data(params, view_transforms)
-        # augmentation_backend "batched": the loader yields uint8 images and on_after_batch_transfer makes the views on
-        # the training device; custom view transforms or datasets deliver finished views (None: nothing to do).
-        self.batch_views = self.pipeline.batch_views if train_dataset is None else None
-        self.decode_on_device = False  # resolved in setup, when the device is known
+        self.datamodule = PretrainingDataModule(params, view_transforms, train_dataset, val_dataset)
+        self.pipeline = self.datamodule.pipeline
 
         self.cifar_stem = data.cifar_stem(params.use_cifar_stem, self.pipeline.info)
         self.model = backbone if backbone is not None else get_encoder(params.encoder_arch, self.cifar_stem)
@@ -160,21 +156,17 @@ class SelfSupervisedMethod(pl.LightningModule):
         """Projection-head outputs [B, dim] of images [B, 3, H, W] (BatchNorm layers follow the module's mode)."""
         return self.projection_model(self.model(x))
 
+    @property
+    def batch_views(self) -> Optional[data.BatchedViews]:
+        """What makes the views of a training batch on the device (None when the loader delivers finished views)."""
+        return self.datamodule.batch_views
+
+    @property
+    def decode_on_device(self) -> bool:
+        """Whether training batches arrive as encoded files, decoded on the device (known once fit sets up)."""
+        return self.datamodule.decode_on_device
+
     # --- training ----------------------------------------------------------------------------------------------------
-    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        """Batches of encoded files are decoded on ``device`` (decode_on_device); others move as usual."""
-        if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], data.EncodedImages):
-            return data.decode_batch(batch[0].data, self.pipeline.stored_side, device), batch[1].to(device)
-        return super().transfer_batch_to_device(batch, device, dataloader_idx)
-
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Training batches of uint8 images [B, 3, S, S] become their views here, on the device (batch_views);
-        validation batches pass unchanged, so the probe stays deterministic."""
-        if self.batch_views is None or not self.trainer.training:
-            return batch
-        images, labels = batch
-        return self.batch_views(images, self.trainer.global_step, self.global_rank), labels
-
     def training_step(self, batch: Batch, batch_idx: int) -> Dict[str, Any]:
         views, labels = batch
         projections = self._online_projections(views)
@@ -312,44 +304,23 @@ class SelfSupervisedMethod(pl.LightningModule):
         if knn is not None:
             self.log("valid_knn_acc", knn, sync_dist=False)
 
-    # --- data ---------------------------------------------------------------------------------------------------------
+    # --- data: the PretrainingDataModule's hooks ------------------------------------------------------------------
     def prepare_data(self) -> None:
-        if self._train_dataset is None:
-            # downloads once, on one process per node
-            data.pretrain_datasets(self.params, self.pipeline.train_transform)
+        self.datamodule.prepare_data()
 
     def setup(self, stage: str) -> None:
-        if self._train_dataset is None:
-            # On a CPU device the loader workers decode, in parallel: decoding in the training process would be slower.
-            self.decode_on_device = (self.params.decode_on_device and self.batch_views is not None
-                                     and self.trainer.strategy.root_device.type != "cpu")
-            self._train_dataset, self._val_dataset = data.pretrain_datasets(
-                self.params, self.pipeline.train_transform, encoded=self.decode_on_device)
+        self.datamodule.trainer = self.trainer  # setup reads the device
+        self.datamodule.setup(stage)
 
-    def train_dataloader(self) -> DataLoader:
-        assert self._train_dataset is not None
-        p = self.params
-        return data.make_loader(
-            self._train_dataset,
-            batch_size=p.batch_size,
-            shuffle=True,
-            drop_last=p.drop_last_batch,
-            num_workers=p.num_data_workers,
-            pin_memory=p.pin_data_memory,
-            seed=p.seed,
-            collate_fn=data.collate_encoded if self.decode_on_device else None,
-        )
+    def train_dataloader(self) -> Any:
+        return self.datamodule.train_dataloader()
 
-    def val_dataloader(self) -> DataLoader:
-        if self._val_dataset is None:
-            return []  # type: ignore[return-value]
-        p = self.params
-        return data.make_loader(
-            self._val_dataset,
-            batch_size=p.batch_size,
-            shuffle=False,
-            drop_last=False,
-            num_workers=p.num_data_workers,
-            pin_memory=p.pin_data_memory,
-            seed=p.data_seed,
-        )
+    def val_dataloader(self) -> Any:
+        return self.datamodule.val_dataloader()
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        return self.datamodule.transfer_batch_to_device(batch, device, dataloader_idx)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        self.datamodule.trainer = self.trainer  # the hooks read its step, rank and stage
+        return self.datamodule.on_after_batch_transfer(batch, dataloader_idx)

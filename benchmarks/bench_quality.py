@@ -27,7 +27,7 @@ import csv
 import os
 import time
 import warnings
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, cast
 
 import numpy as np
 import pytorch_lightning as pl
@@ -35,12 +35,19 @@ import torch
 from torch import Tensor
 
 from selfsup import data
-from selfsup.config import PRESETS, ModelParams, short_run_overrides
+from selfsup.config import PRESETS, ModelParams, describe_overrides, short_run_overrides
 from selfsup.eval import probes
 from selfsup.train.module import SelfSupervisedMethod
+from selfsup.train.pipeline import PretrainingDataModule
+
+try:
+    from benchmarks import peers
+except ImportError:  # run as a script: Python puts benchmarks/ itself, not the repository, on sys.path
+    import peers  # type: ignore[no-redef]
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DATA_PATH = os.path.normpath(os.path.join(REPO, "..", "shared", "datasets", "cifar10"))
+BUDGETS = {"default": 4, "long": 20}  # epochs
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -54,7 +61,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         choices=sorted(PRESETS), help="supcon is supervised, so it is left out by default")
     parser.add_argument("--train-per-class", type=int, default=1000, help="pretraining (and kNN bank) images per class")
     parser.add_argument("--holdout-per-class", type=int, default=500, help="held-out (query) images per class")
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--budget", choices=sorted(BUDGETS), default="default",
+                        help="default: every preset for a few epochs; long: a learning curve of one preset at a time "
+                        "(the epoch at which it crosses the random encoder)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs per preset (default: the budget's: "
+                        + ", ".join(f"{k} {v}" for k, v in sorted(BUDGETS.items())) + ")")
+    parser.add_argument("--peer", action="store_true",
+                        help="also train each preset's method as implemented by lightly (pip install -e .[peer]) with "
+                        "the same data, backbone, optimizer, schedule and epochs, evaluated by the same code")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--encoder-arch", default="resnet18")
     parser.add_argument("--embedding-dim", type=int, default=512)
@@ -69,7 +83,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="extra ModelParams overrides for every preset, e.g. lr=0.3 (Python literals)")
     parser.add_argument("--work-dir", default=os.path.join(REPO, "benchmarks", "results", "quality"))
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.epochs is None:
+        args.epochs = BUDGETS[args.budget]
+    if args.budget == "long" and len(args.presets) != 1:
+        parser.error(f"--budget long trains one preset at a time; got --presets {' '.join(args.presets)}")
+    if args.peer and not peers.available():
+        parser.error("--peer needs the lightly library: pip install -e .[peer]")
+    return args
 
 
 def link_subset(source: str, target: str, per_class: Tuple[int, int], seed: int) -> None:
@@ -104,8 +125,9 @@ def parse_overrides(pairs: Sequence[str]) -> Dict[str, Any]:
     return out
 
 
-def preset_params(name: str, args: argparse.Namespace, data_path: Optional[str]) -> ModelParams:
-    """The preset for the benchmark's data (an image folder at ``data_path``, or synthetic images when None)."""
+def preset_params(name: str, args: argparse.Namespace, data_path: Optional[str]) -> Tuple[ModelParams, str]:
+    """The preset for the benchmark's data (an image folder at ``data_path``, or synthetic images when None), and a
+    description of the short-run recipe applied to it."""
     dataset: Dict[str, Any] = (
         dict(dataset_name="imagefolder", data_path=data_path)
         if data_path is not None
@@ -127,10 +149,11 @@ def preset_params(name: str, args: argparse.Namespace, data_path: Optional[str])
     )
     if PRESETS[name]().uses_queue:
         overrides["K"] = args.queue_size
-    if not args.paper_schedules:
-        overrides.update(short_run_overrides(PRESETS[name](**overrides)))
+    paper = PRESETS[name](**overrides)
+    recipe = {} if args.paper_schedules else short_run_overrides(paper)
+    overrides.update(recipe)
     overrides.update(parse_overrides(args.set))
-    return PRESETS[name](**overrides)
+    return PRESETS[name](**overrides), describe_overrides(paper, recipe)
 
 
 def load_all(dataset: Any) -> Tuple[Tensor, Tensor]:
@@ -150,14 +173,16 @@ def embed(encoder: torch.nn.Module, images: Tensor) -> Tensor:
 
 
 class EpochProbe(pl.Callback):
-    """kNN accuracy of the held-out images against the pretraining images' embeddings, before training and after
-    every epoch."""
+    """kNN accuracy of the held-out images against the pretraining images' embeddings after every epoch, and the
+    training time of every epoch (without this measurement)."""
 
     def __init__(self, bank: Tuple[Tensor, Tensor], queries: Tuple[Tensor, Tensor]) -> None:
         self.bank, self.queries = bank, queries
         self.knn: List[float] = []
         self.losses: List[float] = []  # the last step's loss of every epoch
+        self.epoch_seconds: List[float] = []
         self.embeddings: Optional[Tuple[Tensor, Tensor]] = None  # (bank, queries) of the latest measurement
+        self._epoch_start = 0.0
 
     def measure(self, encoder: torch.nn.Module) -> Tuple[Tensor, Tensor]:
         bank, queries = embed(encoder, self.bank[0]), embed(encoder, self.queries[0])
@@ -165,22 +190,26 @@ class EpochProbe(pl.Callback):
         self.embeddings = bank, queries
         return bank, queries
 
-    def on_train_epoch_end(self, trainer: pl.Trainer, module: SelfSupervisedMethod) -> None:
+    def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self._epoch_start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self.epoch_seconds.append(time.perf_counter() - self._epoch_start)
         self.losses.append(float(trainer.callback_metrics["step_train_loss"]))
-        self.measure(module.model)
+        self.measure(cast(torch.nn.Module, module.model))
 
 
-def run_preset(
+def train_and_probe(
     name: str,
-    params: ModelParams,
+    module: pl.LightningModule,
     bank: Tuple[Tensor, Tensor],
     queries: Tuple[Tensor, Tensor],
     args: argparse.Namespace,
+    datamodule: Optional[pl.LightningDataModule] = None,
     train: bool = True,
 ) -> Dict[str, Any]:
-    """Pretrain (unless ``train`` is False: the random-init row) with kNN after every epoch, then the linear probe."""
-    pl.seed_everything(args.seed, workers=True)
-    model = SelfSupervisedMethod(params)
+    """Pretrain ``module`` (unless ``train`` is False: the random-init row) with kNN after every epoch, then the
+    linear probe. ``module.model`` is the encoder."""
     probe = EpochProbe(bank, queries)
     start = time.perf_counter()
     if train:
@@ -189,7 +218,7 @@ def run_preset(
             trainer = pl.Trainer(
                 accelerator=args.accelerator,
                 devices=1,
-                max_epochs=params.max_epochs,
+                max_epochs=args.epochs,
                 limit_val_batches=0,
                 logger=pl.loggers.CSVLogger(args.work_dir, name=name),
                 enable_checkpointing=False,
@@ -197,32 +226,109 @@ def run_preset(
                 enable_model_summary=False,
                 callbacks=[probe],
             )
-            trainer.fit(model)
+            trainer.fit(module, datamodule=datamodule)
     minutes = (time.perf_counter() - start) / 60
-    bank_embeddings, query_embeddings = probe.embeddings or probe.measure(model.model)
+    bank_embeddings, query_embeddings = probe.embeddings or probe.measure(cast(torch.nn.Module, module.model))
     (linear,) = probes.logistic_regression_accuracies(
         (bank_embeddings.numpy(), bank[1].numpy()), (query_embeddings.numpy(), queries[1].numpy())
     )
     return {"preset": name, "knn": probe.knn, "linear": linear, "minutes": minutes, "losses": probe.losses,
+            "epoch_seconds": float(np.mean(probe.epoch_seconds)) if probe.epoch_seconds else float("nan"),
             "final_loss": probe.losses[-1] if probe.losses else float("nan")}
 
 
+def run_preset(
+    name: str, bank: Tuple[Tensor, Tensor], queries: Tuple[Tensor, Tensor], args: argparse.Namespace,
+    data_path: Optional[str],
+) -> Dict[str, Any]:
+    """Our preset, and with ``--peer`` lightly's implementation of its method from the same seed, params and data."""
+    params, recipe = preset_params(name, args, data_path)
+    print(f"{name}: short-run recipe applied: {recipe}", flush=True)
+    pl.seed_everything(args.seed, workers=True)
+    row = train_and_probe(name, SelfSupervisedMethod(params), bank, queries, args)
+    row["recipe"] = recipe
+    if args.peer and name in peers.PEERS:
+        pl.seed_everything(args.seed, workers=True)
+        peer = train_and_probe(f"{name}_peer", peers.PeerMethod(name, params), bank, queries, args,
+                               datamodule=PretrainingDataModule(params))
+        row["peer"] = peer
+    return row
+
+
+def crossing_epoch(knn: Sequence[float], threshold: float) -> Optional[int]:
+    """The first epoch (1-based) from which the kNN accuracy stays at or above ``threshold``."""
+    for epoch in range(len(knn)):
+        if all(a >= threshold for a in knn[epoch:]):
+            return epoch + 1
+    return None
+
+
 def plot(rows: List[Dict[str, Any]], path: str, random_knn: float) -> None:
+    """One panel per preset: kNN per epoch of ours and, where measured, the peer's, and the random encoder."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for row in rows:
-        ax.plot(range(1, len(row["knn"]) + 1), row["knn"], marker="o", label=row["preset"])
-    ax.axhline(random_knn, color="black", linestyle="--", label="random init")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("kNN accuracy on held-out images (%)")
-    ax.legend(fontsize=7, ncol=2)
-    ax.grid(alpha=0.3)
+    columns = min(len(rows), 4)
+    lines = -(-len(rows) // columns)
+    fig, axes = plt.subplots(lines, columns, figsize=(3.2 * columns, 2.6 * lines), squeeze=False, sharey=True)
+    for ax, row in zip(axes.flat, rows):
+        epochs = range(1, len(row["knn"]) + 1)
+        ax.plot(epochs, row["knn"], marker="o", markersize=3, label="ours")
+        if "peer" in row:
+            ax.plot(epochs, row["peer"]["knn"], marker="s", markersize=3, linestyle="--", label="lightly")
+        ax.axhline(random_knn, color="black", linewidth=0.8, linestyle=":", label="random init")
+        ax.set_title(row["preset"], fontsize=9)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(rows):]:
+        ax.axis("off")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("kNN accuracy (%)")
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch")
+    axes.flat[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_csv(rows: List[Dict[str, Any]], path: str) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["preset", "implementation", "epoch", "knn_acc", "loss", "linear_acc", "seconds_per_epoch",
+                         "minutes"])
+        for row in rows:
+            first = 0 if row["preset"] == "random_init" else 1
+            for implementation, result in (("ours", row), ("lightly", row.get("peer"))):
+                if result is None:
+                    continue
+                losses = result["losses"] or [float("nan")]
+                for epoch, (knn, loss) in enumerate(zip(result["knn"], losses), start=first):
+                    last = epoch == len(result["knn"]) - 1 + first
+                    writer.writerow([row["preset"], implementation, epoch, round(knn, 2), round(loss, 4),
+                                     round(result["linear"], 2) if last else "",
+                                     round(result["epoch_seconds"], 1), round(result["minutes"], 2)])
+
+
+def table(rows: List[Dict[str, Any]], random_knn: float, random_linear: float) -> str:
+    """The markdown table: ours, the peer's where measured, against the random encoder."""
+    def cells(result: Optional[Dict[str, Any]]) -> str:
+        if result is None:
+            return " | | | "
+        return f" {result['knn'][-1]:.1f} | {result['linear']:.1f} | {result['epoch_seconds']:.0f} |"
+
+    out = ["| preset | kNN % | linear % | kNN - random | linear - random | s/epoch | lightly kNN % | lightly linear % "
+           "| lightly s/epoch | minutes (ours + lightly) |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in rows[1:]:
+        peer = row.get("peer")
+        minutes = row["minutes"] + (peer["minutes"] if peer else 0.0)
+        gains = f"{row['knn'][-1] - random_knn:+.1f} | {row['linear'] - random_linear:+.1f}"
+        out.append(f"| {row['preset']} | {row['knn'][-1]:.1f} | {row['linear']:.1f} | {gains} "
+                   f"| {row['epoch_seconds']:.0f} |{cells(peer)} {minutes:.1f} |")
+    out.append(f"| random init | {random_knn:.1f} | {random_linear:.1f} | | | | | | | |")
+    return "\n".join(out)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
@@ -235,42 +341,37 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
         subset = os.path.join(args.work_dir, f"data_seed{args.seed}_{args.train_per_class}_{args.holdout_per_class}")
         if not os.path.isdir(subset):
             link_subset(args.data_path, subset, (args.train_per_class, args.holdout_per_class), args.seed)
-    base = preset_params("moco_v2", args, subset)
+    base, _ = preset_params("moco_v2", args, subset)
     bank_set, query_set = data.eval_datasets(base)
     bank, queries = load_all(bank_set), load_all(query_set)
 
-    rows = [run_preset("random_init", base, bank, queries, args, train=False)]
-    print(f"random_init: kNN {rows[0]['knn'][-1]:.1f}%, linear {rows[0]['linear']:.1f}%", flush=True)
+    pl.seed_everything(args.seed, workers=True)
+    rows = [train_and_probe("random_init", SelfSupervisedMethod(base), bank, queries, args, train=False)]
+    random_knn, random_linear = rows[0]["knn"][-1], rows[0]["linear"]
+    print(f"random_init: kNN {random_knn:.1f}%, linear {random_linear:.1f}%", flush=True)
     for name in args.presets:
-        row = run_preset(name, preset_params(name, args, subset), bank, queries, args)
+        row = run_preset(name, bank, queries, args, subset)
         rows.append(row)
-        print(f"{name}: kNN per epoch {[round(a, 1) for a in row['knn']]}, loss per epoch "
-              f"{[round(a, 3) for a in row['losses']]}, linear {row['linear']:.1f}%, {row['minutes']:.1f} min",
-              flush=True)
+        for label, result in (("", row), (" (lightly)", row.get("peer"))):
+            if result is not None:
+                print(f"{name}{label}: kNN per epoch {[round(a, 1) for a in result['knn']]}, loss per epoch "
+                      f"{[round(a, 3) for a in result['losses']]}, linear {result['linear']:.1f}%, "
+                      f"{result['epoch_seconds']:.0f} s/epoch, {result['minutes']:.1f} min", flush=True)
+        if args.budget == "long":
+            epoch = crossing_epoch(row["knn"], random_knn + 2)
+            print(f"{name}: kNN stays at or above random + 2 ({random_knn + 2:.1f}%) from epoch "
+                  f"{epoch if epoch is not None else f'> {args.epochs}'}", flush=True)
 
     os.makedirs(args.work_dir, exist_ok=True)
-    with open(os.path.join(args.work_dir, "bench_quality.csv"), "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["preset", "epoch", "knn_acc", "loss", "linear_acc", "minutes"])
-        for row in rows:
-            first = 0 if row["preset"] == "random_init" else 1
-            losses = row["losses"] or [float("nan")]
-            for epoch, (knn, loss) in enumerate(zip(row["knn"], losses), start=first):
-                last = epoch == len(row["knn"]) - 1 + first
-                writer.writerow([row["preset"], epoch, round(knn, 2), round(loss, 4),
-                                 round(row["linear"], 2) if last else "", round(row["minutes"], 2)])
-    random_knn, random_linear = rows[0]["knn"][-1], rows[0]["linear"]
+    write_csv(rows, os.path.join(args.work_dir, "bench_quality.csv"))
     plot(rows[1:], os.path.join(args.work_dir, "bench_quality.png"), random_knn)
-
+    report = table(rows, random_knn, random_linear)
+    with open(os.path.join(args.work_dir, "bench_quality.md"), "w") as f:
+        f.write(report + "\n")
     print(f"\n{args.encoder_arch} ({'CIFAR' if args.cifar_stem else 'ImageNet'} stem), {args.epochs} epochs on "
           f"{len(bank[1])} images of {source}, batch {args.batch_size}; kNN (k=200, T=0.1) and "
           f"linear probe on {len(queries[1])} held-out images. Outputs in {args.work_dir}\n")
-    print("| preset | kNN % | linear % | kNN - random | final loss | minutes |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for row in rows:
-        print(f"| {row['preset']} | {row['knn'][-1]:.1f} | {row['linear']:.1f} | {row['knn'][-1] - random_knn:+.1f} | "
-              f"{row['final_loss']:.3f} | {row['minutes']:.1f} |")
-    print(f"\nrandom init: kNN {random_knn:.1f}%, linear {random_linear:.1f}%")
+    print(report)
     return rows
 
 

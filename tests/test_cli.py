@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from selfsup.cli import common, embed, train
-from selfsup.config import MoCoV3Params, ModelParams
+from selfsup.config import MoCoV3Params, ModelParams, SimCLRParams
 
 # Two optimizer steps of MoCo v2 on 16 synthetic images with a small torchvision encoder.
 TINY_RUN = ["--dataset_name", "synthetic", "--synthetic_train_size", "16", "--synthetic_val_size", "16",
@@ -119,3 +119,17 @@ def test_tensorboard_receives_the_figures(tmp_path):
     assert {"final_tsne", "final_neighbours", "probe_accuracy"} <= set(events.Tags()["images"])
     assert {"valid_knn_acc", "img_per_s", "lr"} <= set(events.Tags()["scalars"])
 
+
+
+def test_short_runs_get_the_short_run_recipe_for_the_fields_not_given():
+    parser = train.build_parser()
+
+    def resolve(*argv: str):
+        return train.resolve_params(train.parse(parser, ["--preset", "simclr", *argv]))
+
+    short, line = resolve("--max_epochs", "4")
+    assert short.lr == 0.05 and "short-run" in line and "lr 0.5 -> 0.05" in line
+    assert resolve("--max_epochs", "4", "--lr", "0.3")[0].lr == 0.3  # a given field wins over the recipe
+    paper, line = resolve("--max_epochs", "4", "--recipe", "paper")
+    assert paper == SimCLRParams(max_epochs=4) and "as published" in line
+    assert resolve("--max_epochs", "200")[0] == SimCLRParams(max_epochs=200)

@@ -5,6 +5,7 @@ negative cosines both near 1); this script reruns its configurations.
 
     python train_blog.py --epochs 10 --seeds 0 1 2 --dataset_name cifar10 --data_path /data --accelerator gpu
     python train_blog.py --small --epochs 5 --batch_size 64   # CPU-sized: synthetic 32 px, ResNet-18, ImageNet stem
+    python train_blog.py --data-path ../shared/datasets/cifar10 --configs base no_norm --seeds 0 1 2
 
 Configurations (CONFIGS), each a few overrides of BLOG_BASE (BYOLParams with the blog's SGD at lr 0.8):
 
@@ -29,6 +30,7 @@ import math
 import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+import attr
 import pytorch_lightning as pl
 from matplotlib.figure import Figure  # rendered by the Agg canvas, no GUI backend or pyplot state
 from pytorch_lightning.loggers import TensorBoardLogger
@@ -36,6 +38,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from selfsup.config.fields import ModelParams
 from selfsup.config.presets import BYOLParams
+from selfsup.config.recipes import SHORT_RUN_MAX_EPOCHS, describe_overrides, short_run_overrides
 from selfsup.train.module import SelfSupervisedMethod
 
 BLOG_BASE: Dict[str, Any] = dict(optimizer_name="sgd", exclude_bias_and_norm_from_lars=False, lr=0.8)
@@ -70,9 +73,16 @@ DATA_FLAGS = (
 METRICS = ("valid_class_acc", "valid_knn_acc", "final_pos_cos", "final_neg_cos")
 
 
-def blog_params(config: str, overrides: Mapping[str, Any]) -> ModelParams:
-    """The validated params of one configuration; ``overrides`` (data, scale) apply to every configuration."""
-    return BYOLParams(**{**BLOG_BASE, **overrides, **CONFIGS[config]})
+def blog_params(config: str, overrides: Mapping[str, Any], short_run: bool = False) -> ModelParams:
+    """The validated params of one configuration; ``overrides`` (data, scale) apply to every configuration. With
+    ``short_run``, a run of fewer than SHORT_RUN_MAX_EPOCHS epochs gets BYOL's short-run recipe (config.recipes) for
+    the fields neither the configuration nor ``overrides`` set."""
+    fields = {**BLOG_BASE, **overrides, **CONFIGS[config]}
+    params = BYOLParams(**fields)
+    if not short_run or params.max_epochs >= SHORT_RUN_MAX_EPOCHS:
+        return params
+    recipe = {k: v for k, v in short_run_overrides(params).items() if k not in CONFIGS[config] and k not in overrides}
+    return BYOLParams(**fields, **recipe)
 
 
 class CosineCurves(pl.Callback):
@@ -104,15 +114,21 @@ def run_blog(
     overrides: Mapping[str, Any],
     out_dir: str,
     trainer_kwargs: Optional[Mapping[str, Any]] = None,
+    short_run: bool = False,
 ) -> List[Dict[str, Any]]:
     """Pretrain every (configuration, seed), then the random-init reference per seed; write the summary CSV and
     figure (on rank zero) and return the summary rows. ``overrides`` are ModelParams fields for every run
-    (max_epochs included); ``trainer_kwargs`` go to every pl.Trainer (accelerator, devices, limit_train_batches...)."""
+    (max_epochs included); ``trainer_kwargs`` go to every pl.Trainer (accelerator, devices, limit_train_batches...);
+    ``short_run``: see :func:`blog_params`."""
     unknown = [c for c in configs if c not in CONFIGS]
     if unknown:
         raise ValueError(f"configs: unknown {unknown}; expected names from {list(CONFIGS)}")
-    runs = [(config, blog_params(config, overrides)) for config in configs]  # all validated before any training
-    reference = blog_params("base", overrides)
+    # all validated before any training
+    runs = [(config, blog_params(config, overrides, short_run)) for config in configs]
+    for config, params in runs:
+        published = blog_params(config, overrides)
+        print(f"{config}: recipe: {describe_overrides(published, attr.asdict(params, recurse=False))}", flush=True)
+    reference = blog_params("base", overrides, short_run)
     rows: List[Dict[str, Any]] = []
     curves: Dict[Tuple[str, int], CosineCurves] = {}
     for seed in seeds:
@@ -226,7 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"subset of {', '.join(CONFIGS)} (default all)")
     parser.add_argument("--small", action="store_true", help=f"CPU-sized runs: {SMALL} (other flags override)")
     parser.add_argument("--dataset_name", default=None, help="default synthetic")
-    parser.add_argument("--data_path", default=None)
+    parser.add_argument("--data_path", "--data-path", default=None,
+                        help="an image folder (train/<class>/..., val/ optional: else holdout_fraction of train is "
+                             "held out for the probes); sets --dataset_name imagefolder unless it is given")
+    parser.add_argument("--recipe", default="auto", choices=["auto", "paper"],
+                        help=f"auto: runs under {SHORT_RUN_MAX_EPOCHS} epochs get BYOL's short-run recipe for the "
+                             "fields a configuration does not set (printed per configuration); paper: as published")
     parser.add_argument("--batch_size", type=int, default=None, help="per device (default 256, --small 128)")
     parser.add_argument("--num_data_workers", type=int, default=None)
     parser.add_argument("--synthetic_train_size", type=int, default=None, help="synthetic: training images")
@@ -242,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     args = build_parser().parse_args(argv)
-    overrides: Dict[str, Any] = {"dataset_name": "synthetic", **(SMALL if args.small else {})}
+    default_dataset = "imagefolder" if args.data_path is not None else "synthetic"
+    overrides: Dict[str, Any] = {"dataset_name": default_dataset, **(SMALL if args.small else {})}
     given = {name: getattr(args, name) for name in DATA_FLAGS}
     overrides.update({name: value for name, value in given.items() if value is not None}, max_epochs=args.epochs)
     trainer_kwargs: Dict[str, Any] = dict(
@@ -250,7 +272,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     )
     if args.limit_train_batches is not None:
         trainer_kwargs["limit_train_batches"] = args.limit_train_batches
-    return run_blog(args.configs, args.seeds, overrides, args.out_dir, trainer_kwargs)
+    return run_blog(args.configs, args.seeds, overrides, args.out_dir, trainer_kwargs, args.recipe == "auto")
 
 
 def run() -> None:

@@ -6,8 +6,10 @@
     python train.py ...                                # the same, from a checkout
 
 ``--preset`` picks a named preset (selfsup.config.PRESETS); every ModelParams field is a flag of the same name and
-overrides it; every ``pl.Trainer`` argument is a flag under ``--trainer.`` (loggers: ``--trainer.logger CSVLogger``,
-TensorBoard by default; callbacks: ``--trainer.callbacks+ LearningRateMonitor``). ``--max_epochs`` sets both
+overrides it; runs shorter than 100 epochs get the preset's short-run recipe for the fields not given (``--recipe
+paper`` keeps the published recipe; the run log prints which applied); every ``pl.Trainer`` argument is a flag under
+``--trainer.`` (loggers: ``--trainer.logger CSVLogger``, TensorBoard by default; callbacks: ``--trainer.callbacks+
+LearningRateMonitor``). ``--max_epochs`` sets both
 ModelParams.max_epochs and the Trainer, unless ``--trainer.max_epochs`` is given. The flat flags of earlier versions
 (``--accelerator gpu``, ``--transform_crop_size none``, ``--global_crop_scale 0.2 1``) still work (cli.common).
 
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import attr
 import pytorch_lightning as pl
@@ -44,6 +46,7 @@ from selfsup.cli.common import (
 )
 from selfsup.config.fields import ModelParams
 from selfsup.config.presets import PRESETS
+from selfsup.config.recipes import SHORT_RUN_MAX_EPOCHS, describe_overrides, short_run_overrides
 from selfsup.eval.visualize import EMBEDDING_METHODS, EmbeddingPlots, plotting_available
 from selfsup.train import longrun
 from selfsup.train.module import SelfSupervisedMethod
@@ -53,6 +56,10 @@ def build_parser() -> ArgumentParser:
     parser = new_parser("selfsup-train", __doc__)
     parser.add_argument("--preset", default="moco_v2", choices=sorted(PRESETS),
                         help="named preset whose fields the flags override (default moco_v2)")
+    parser.add_argument("--recipe", default="auto", choices=["auto", "paper"],
+                        help=f"auto: runs under {SHORT_RUN_MAX_EPOCHS} epochs get the preset's short-run recipe "
+                             "(shorter warmups, lower EMA momentum and SGD lr; the run log lists it) for the fields "
+                             "not given; paper: the preset as published")
     parser.add_argument("--root_dir", default="runs", help="folder for logs, checkpoints and config.yaml")
     parser.add_argument("--checkpoint", type=Optional[str], default=None,
                         help="output checkpoint path (default <root_dir>/<preset>.ckpt)")
@@ -79,8 +86,23 @@ def parse(parser: ArgumentParser, argv: Optional[Sequence[str]] = None) -> Names
 
 
 def params_from_config(config: Namespace) -> ModelParams:
-    """The preset with every field the command line or config file set."""
-    return PRESETS[config.preset](**given_fields(config, ModelParams))
+    """The preset with every field the command line or config file set, and the recipe ``--recipe`` selects."""
+    return resolve_params(config)[0]
+
+
+def resolve_params(config: Namespace) -> Tuple[ModelParams, str]:
+    """:func:`params_from_config`, and the run-log line that says which recipe applied. With ``--recipe auto`` a run
+    of fewer than SHORT_RUN_MAX_EPOCHS epochs gets the preset's short-run recipe (config.recipes) for the fields the
+    command line and config file leave unset; a saved config lists every field, so its rerun applies nothing twice."""
+    given = given_fields(config, ModelParams)
+    preset = PRESETS[config.preset](**given)
+    if config.recipe == "paper" or preset.max_epochs >= SHORT_RUN_MAX_EPOCHS:
+        return preset, f"recipe: {config.preset} as published (max_epochs {preset.max_epochs})"
+    recipe = {k: v for k, v in short_run_overrides(preset).items() if k not in given}
+    return PRESETS[config.preset](**given, **recipe), (
+        f"recipe: {config.preset} short-run (max_epochs {preset.max_epochs} < {SHORT_RUN_MAX_EPOCHS}; --recipe paper "
+        f"keeps the published one): {describe_overrides(preset, recipe)}"
+    )
 
 
 def resume_path(resume: Optional[str], directory: str) -> Optional[str]:
@@ -100,7 +122,8 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     """Pretrain as the command line says; returns the path of the final checkpoint."""
     parser = build_parser()
     config = parse(parser, argv)
-    params = params_from_config(config)
+    params, recipe = resolve_params(config)
+    print(recipe)
     directory = os.path.join(config.root_dir, "checkpoints")
     ckpt_path = resume_path(config.resume, directory)
     pl.seed_everything(params.seed, verbose=False)  # weights and global RNG draws (the loader seeds itself)

@@ -16,10 +16,10 @@ from selfsup.config.fields import (
 )
 from selfsup.config.options import build_attrs, option
 from selfsup.config.presets import *  # noqa: F403 - the presets, one per registered recipe
-from selfsup.config.recipes import short_run_overrides, small_run_overrides
+from selfsup.config.recipes import describe_overrides, short_run_overrides, small_run_overrides
 
 __all__ = [
     "DataSourceOptions", "DistributedOptions", "EncoderOptions", "HeadOptions", "LongRunOptions", "MethodOptions",
     "ModelParams", "OptimOptions", "PrototypeOptions", "ViewOptions", "build_attrs", "option",
-    "short_run_overrides", "small_run_overrides", *_presets.__all__,
+    "describe_overrides", "short_run_overrides", "small_run_overrides", *_presets.__all__,
 ]

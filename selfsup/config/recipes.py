@@ -53,3 +53,9 @@ def small_run_overrides(preset: ModelParams, batch_size: int) -> Dict[str, Any]:
         fields["prediction_mlp_hidden_dim"] = 16
     fields.update(preset.method.small_run_overrides(preset, batch_size))
     return fields
+
+
+def describe_overrides(preset: ModelParams, overrides: Dict[str, Any]) -> str:
+    """``overrides`` as "field old -> new" for the fields they change in ``preset`` (for run logs)."""
+    changed = [f"{k} {getattr(preset, k)!r} -> {v!r}" for k, v in overrides.items() if getattr(preset, k) != v]
+    return ", ".join(changed) or "none"

@@ -154,6 +154,8 @@ _SIMCLR: Dict[str, Any] = dict(
     K=0,
     m=0.0,
     view_pair_reduction="mean",
+    mlp_normalization="bn",  # the official code's head: BatchNorm after every layer, the output's included
+    projection_output_batch_norm=True,
 )
 
 
@@ -203,9 +205,11 @@ MOCO_V3 = Preset(
 )
 SIMCLR = Preset(
     name="SimCLRParams", key="simclr", paper="SimCLR, arXiv:2002.05709",
-    summary="in-batch negatives (NT-Xent), no queue, no EMA, both views as queries, mean over the 2B anchors",
+    summary="in-batch negatives (NT-Xent), no queue, no EMA, both views as queries, mean over the 2B anchors; "
+    "BN projection head",
     doc="SimCLR (Chen et al. 2020, arXiv:2002.05709): NT-Xent over the 2B views of a batch, 2B-2 negatives per anchor "
-    "(same-view ones included), averaged over the 2B anchors.",
+    "(same-view ones included), averaged over the 2B anchors; a 2-layer projection head with BatchNorm after both "
+    "layers, as in the official code.",
     fields=_SIMCLR,
 )
 SIMCLR_V2 = Preset(
@@ -213,7 +217,7 @@ SIMCLR_V2 = Preset(
     summary="SimCLR with a 3-layer BN projection head (BN output)",
     doc="SimCLR v2 (Chen et al. 2020, arXiv:2006.10029): SimCLR with a 3-layer projection head, BatchNorm after every "
     "layer (hidden width = encoder width).",
-    fields=dict(_SIMCLR, projection_mlp_layers=3, mlp_normalization="bn", projection_output_batch_norm=True),
+    fields=dict(_SIMCLR, projection_mlp_layers=3),
 )
 EQCO = Preset(
     name="EqCoParams", key="eqco", paper="EqCo, arXiv:2010.01929",

@@ -34,10 +34,8 @@ from selfsup.nn.backbones import get_encoder, use_channels_last, with_representa
 from selfsup.nn.heads import MLP, PrototypeLayer
 from selfsup.nn.queue import Queue
 from selfsup.nn.target import MomentumSchedule, MomentumTarget, OnlineTarget, encode_views
-from selfsup.optim.groups import parameter_groups
-from selfsup.optim.lars import LARS
-from selfsup.optim.schedules import WarmupCosineSchedule
 from selfsup.train import longrun
+from selfsup.train.optimization import optimizer_and_schedule
 from selfsup.train.pipeline import PretrainingDataModule, ViewTransforms
 from selfsup.train.progress import Throughput
 
@@ -257,31 +255,10 @@ class SelfSupervisedMethod(pl.LightningModule):
         params.method.check_global_batch(params, global_batch)
 
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
-        params = self.params
         self._total_steps = int(self.trainer.estimated_stepping_batches)
-        groups = parameter_groups(
-            self,
-            params.weight_decay,
-            params.exclude_matching_parameters_from_lars,
-            params.exclude_bias_and_norm_from_lars,
-            constant_lr_modules=[self.prediction_model] if params.use_constant_prediction_lr else [],
-        )
-        optimizer: torch.optim.Optimizer
-        if params.optimizer_name == "lars":
-            optimizer = LARS(groups, lr=params.lr, momentum=params.momentum, eta=params.lars_eta)
-            epochs = self.trainer.max_epochs if self.trainer.max_epochs not in (None, -1) else params.max_epochs
-            warmup_steps = round(params.lars_warmup_epochs * self._total_steps / epochs)
-        else:
-            optimizer = torch.optim.SGD(groups, lr=params.lr, momentum=params.momentum, foreach=True)
-            warmup_steps = 0
-        schedule = WarmupCosineSchedule(
-            warmup_steps, self._total_steps, params.final_lr_schedule_value / params.lr
-        )
-        constant = WarmupCosineSchedule(0, self._total_steps, 1.0)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, [constant if group["constant_lr"] else schedule for group in groups]
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        epochs = self.trainer.max_epochs if self.trainer.max_epochs not in (None, -1) else self.params.max_epochs
+        constant = [self.prediction_model] if self.params.use_constant_prediction_lr else []
+        return optimizer_and_schedule(self, self.params, self._total_steps, epochs, constant)
 
     # --- validation: a logistic-regression probe and a weighted kNN on frozen encoder embeddings ----------------------
     def validation_step(self, batch: Tuple[Tensor, Tensor], batch_idx: int) -> None:

@@ -1,0 +1,256 @@
+"""The presets' methods as implemented by a peer library, lightly (a benchmark-only dependency:
+``pip install -e .[peer]``), for bench_quality's side-by-side column.
+
+Only the method comes from lightly: its projection/prediction heads, losses, memory banks and momentum update, wired
+the way lightly's own CIFAR-10 benchmark wires them (head widths for a 512-d ResNet-18, temperatures, symmetric
+losses). Everything else is ours and identical to the run it is compared with: the data module (split, views,
+augmentation), the backbone, the optimizer and its schedule (``optimizer_and_schedule`` of the same params, so the
+same short-run recipe), the EMA momentum schedule, the batch and the epochs.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Type
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities.types import OptimizerLRSchedulerConfig
+from torch import Tensor, nn
+
+from selfsup import data
+from selfsup.config.fields import ModelParams
+from selfsup.nn.backbones import get_encoder, use_channels_last, with_representation
+from selfsup.nn.target import MomentumSchedule
+from selfsup.train.optimization import optimizer_and_schedule
+from selfsup.train.pipeline import pretraining_data
+
+try:
+    from lightly import loss as lightly_loss
+    from lightly.models import modules as lightly_modules
+    from lightly.models.utils import deactivate_requires_grad, update_momentum
+except ImportError:  # the peer column is optional; bench_quality checks available() before using it
+    lightly_loss = lightly_modules = None
+
+def available() -> bool:
+    """Whether lightly is installed."""
+    return lightly_modules is not None
+
+
+class Peer(nn.Module):
+    """One method's heads and loss. ``loss(views)`` is the step's loss; ``momentum_targets`` pairs each online module
+    with its EMA copy (empty without a momentum target)."""
+
+    def __init__(self, encoder: nn.Module, params: ModelParams) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.params = params
+
+    def loss(self, views: Sequence[Tensor], epoch: int) -> Tensor:
+        raise NotImplementedError
+
+    def momentum_targets(self) -> List[Tuple[nn.Module, nn.Module]]:
+        return []
+
+
+def _ema_copy(module: nn.Module, fresh: Optional[nn.Module] = None) -> nn.Module:
+    """A frozen copy of ``module``: a deep copy, or ``fresh`` (the same architecture) loaded with its weights, for
+    modules a deep copy cannot take (weight-normalized layers)."""
+    target = copy.deepcopy(module) if fresh is None else fresh
+    target.load_state_dict(module.state_dict())
+    deactivate_requires_grad(target)
+    return target
+
+
+def _symmetric(pair_loss: Callable[[int, int], Tensor]) -> Tensor:
+    return 0.5 * (pair_loss(0, 1) + pair_loss(1, 0))
+
+
+class SimCLRPeer(Peer):
+    def __init__(self, encoder: nn.Module, params: ModelParams) -> None:
+        super().__init__(encoder, params)
+        self.head = lightly_modules.SimCLRProjectionHead(params.embedding_dim, params.embedding_dim, 128)
+        self.criterion = lightly_loss.NTXentLoss(temperature=0.5)
+
+    def loss(self, views: Sequence[Tensor], epoch: int) -> Tensor:
+        z0, z1 = (self.head(self.encoder(v)) for v in views[:2])
+        return self.criterion(z0, z1)
+
+
+class MoCoPeer(Peer):
+    def __init__(self, encoder: nn.Module, params: ModelParams) -> None:
+        super().__init__(encoder, params)
+        self.head = lightly_modules.MoCoProjectionHead(params.embedding_dim, params.embedding_dim, 128)
+        self.target_encoder, self.target_head = _ema_copy(encoder), _ema_copy(self.head)
+        self.criterion = lightly_loss.NTXentLoss(temperature=0.1, memory_bank_size=(params.K, 128))
+
+    def loss(self, views: Sequence[Tensor], epoch: int) -> Tensor:
+        queries = [self.head(self.encoder(v)) for v in views[:2]]
+        with torch.no_grad():
+            keys = [self.target_head(self.target_encoder(v)) for v in views[:2]]
+        return _symmetric(lambda i, j: self.criterion(queries[i], keys[j]))
+
+    def momentum_targets(self) -> List[Tuple[nn.Module, nn.Module]]:
+        return [(self.encoder, self.target_encoder), (self.head, self.target_head)]
+
+
+class BYOLPeer(Peer):
+    def __init__(self, encoder: nn.Module, params: ModelParams) -> None:
+        super().__init__(encoder, params)
+        self.head = lightly_modules.BYOLProjectionHead(params.embedding_dim, 1024, 256)
+        self.predictor = lightly_modules.BYOLPredictionHead(256, 1024, 256)
+        self.target_encoder, self.target_head = _ema_copy(encoder), _ema_copy(self.head)
+        self.criterion = lightly_loss.NegativeCosineSimilarity()
+
+    def loss(self, views: Sequence[Tensor], epoch: int) -> Tensor:
+        predictions = [self.predictor(self.head(self.encoder(v))) for v in views[:2]]
+        with torch.no_grad():
+            targets = [self.target_head(self.target_encoder(v)) for v in views[:2]]
+        return _symmetric(lambda i, j: self.criterion(predictions[i], targets[j]))
+
+    def momentum_targets(self) -> List[Tuple[nn.Module, nn.Module]]:
+        return [(self.encoder, self.target_encoder), (self.head, self.target_head)]
+
+
+class SimSiamPeer(Peer):
+    def __init__(self, encoder: nn.Module, params: ModelParams) -> None:
+        super().__init__(encoder, params)
+        self.head = lightly_modules.SimSiamProjectionHead(params.embedding_dim, params.embedding_dim, 128)
+        self.predictor = lightly_modules.SimSiamPredictionHead(128, 64, 128)
+        self.criterion = lightly_loss.NegativeCosineSimilarity()
+
+    def loss(self, views: Sequence[Tensor], epoch: int) -> Tensor:
+        z = [self.head(self.encoder(v)) for v in views[:2]]
+        p = [self.predictor(zi) for zi in z]
+        return _symmetric(lambda i, j: self.criterion(p[i], z[j].detach()))
+
+
+class BarlowTwinsPeer(Peer):
+    def __init__(self, encoder: nn.Module, params: ModelParams) -> None:
+        super().__init__(encoder, params)
+        self.head = lightly_modules.BarlowTwinsProjectionHead(params.embedding_dim, 2048, 2048)
+        self.criterion = lightly_loss.BarlowTwinsLoss()
+
+    def loss(self, views: Sequence[Tensor], epoch: int) -> Tensor:
+        z0, z1 = (self.head(self.encoder(v)) for v in views[:2])
+        return self.criterion(z0, z1)
+
+
+class VICRegPeer(Peer):
+    def __init__(self, encoder: nn.Module, params: ModelParams) -> None:
+        super().__init__(encoder, params)
+        self.head = lightly_modules.heads.VICRegProjectionHead(params.embedding_dim, 2048, 2048, num_layers=2)
+        self.criterion = lightly_loss.VICRegLoss()
+
+    def loss(self, views: Sequence[Tensor], epoch: int) -> Tensor:
+        z0, z1 = (self.head(self.encoder(v)) for v in views[:2])
+        return self.criterion(z0, z1)
+
+
+class NNCLRPeer(Peer):
+    def __init__(self, encoder: nn.Module, params: ModelParams) -> None:
+        super().__init__(encoder, params)
+        self.head = lightly_modules.NNCLRProjectionHead(params.embedding_dim, params.embedding_dim, 128)
+        self.predictor = lightly_modules.NNCLRPredictionHead(128, params.embedding_dim, 128)
+        self.support = lightly_modules.NNMemoryBankModule(size=(params.K, 128))
+        self.criterion = lightly_loss.NTXentLoss()
+
+    def loss(self, views: Sequence[Tensor], epoch: int) -> Tensor:
+        z = [self.head(self.encoder(v)) for v in views[:2]]
+        p = [self.predictor(zi) for zi in z]
+        neighbours = [self.support(z[0].detach(), update=False), self.support(z[1].detach(), update=True)]
+        return _symmetric(lambda i, j: self.criterion(neighbours[i], p[j]))
+
+
+class DINOPeer(Peer):
+    def __init__(self, encoder: nn.Module, params: ModelParams) -> None:
+        super().__init__(encoder, params)
+        def head() -> nn.Module:
+            return lightly_modules.DINOProjectionHead(params.embedding_dim, 2048, 256, 2048, batch_norm=True)
+
+        self.head = head()
+        self.target_encoder, self.target_head = _ema_copy(encoder), _ema_copy(self.head, fresh=head())
+        self.criterion = lightly_loss.DINOLoss(
+            output_dim=2048,
+            warmup_teacher_temp=params.teacher_temperature_warmup_start,
+            teacher_temp=params.teacher_temperature,
+            warmup_teacher_temp_epochs=params.teacher_temperature_warmup_epochs,
+        )
+
+    def loss(self, views: Sequence[Tensor], epoch: int) -> Tensor:
+        global_views = views[: self.params.num_global_crops]
+        with torch.no_grad():
+            teacher = [self.target_head(self.target_encoder(v)) for v in global_views]
+        student = [self.head(self.encoder(v)) for v in views]
+        return self.criterion(teacher, student, epoch=epoch)
+
+    def momentum_targets(self) -> List[Tuple[nn.Module, nn.Module]]:
+        return [(self.encoder, self.target_encoder), (self.head, self.target_head)]
+
+
+class SwAVPeer(Peer):
+    def __init__(self, encoder: nn.Module, params: ModelParams) -> None:
+        super().__init__(encoder, params)
+        self.head = lightly_modules.SwaVProjectionHead(params.embedding_dim, params.embedding_dim, 128)
+        self.prototypes = lightly_modules.SwaVPrototypes(128, n_prototypes=512)
+        self.criterion = lightly_loss.SwaVLoss()
+
+    def loss(self, views: Sequence[Tensor], epoch: int) -> Tensor:
+        self.prototypes.normalize()
+        scores = [self.prototypes(nn.functional.normalize(self.head(self.encoder(v)), dim=1)) for v in views]
+        high = self.params.num_global_crops
+        return self.criterion(scores[:high], scores[high:])
+
+
+PEERS: Dict[str, Type[Peer]] = {
+    "simclr": SimCLRPeer,
+    "moco_v2": MoCoPeer,
+    "byol": BYOLPeer,
+    "simsiam": SimSiamPeer,
+    "barlow_twins": BarlowTwinsPeer,
+    "vicreg": VICRegPeer,
+    "nnclr": NNCLRPeer,
+    "dino": DINOPeer,
+    "swav": SwAVPeer,
+}
+
+
+class PeerMethod(pl.LightningModule):
+    """Pretraining of ``model`` (the same encoder as ours) with preset ``preset``'s peer implementation; train with
+    ``trainer.fit(peer, datamodule=PretrainingDataModule(params))``."""
+
+    def __init__(self, preset: str, params: ModelParams) -> None:
+        super().__init__()
+        if not available():
+            raise ImportError("the peer column needs lightly: pip install -e .[peer]")
+        self.params = params
+        info = pretraining_data(params).info
+        self.model = with_representation(
+            get_encoder(params.encoder_arch, data.cifar_stem(params.use_cifar_stem, info)),
+            params.encoder_layer, data.crop_size(params, info), params.embedding_dim,
+        )
+        if params.channels_last:
+            use_channels_last(self.model)
+        self.peer = PEERS[preset](self.model, params)
+        self.momentum_schedule = MomentumSchedule(params.m, 1.0 if params.use_momentum_schedule else params.m)
+        self._total_steps = 1
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+    def training_step(self, batch: Tuple[Sequence[Tensor], Tensor], batch_idx: int) -> Tensor:
+        views, _ = batch
+        loss = self.peer.loss(views, self.current_epoch)
+        self.log("step_train_loss", loss.detach(), prog_bar=True, batch_size=views[0].shape[0])
+        return loss
+
+    def on_train_batch_end(self, outputs: object, batch: object, batch_idx: int) -> None:
+        m = self.momentum_schedule(self.trainer.global_step, self._total_steps)
+        for online, target in self.peer.momentum_targets():
+            update_momentum(online, target, m)
+
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
+        self._total_steps = int(self.trainer.estimated_stepping_batches)
+        assert self.trainer.max_epochs is not None
+        return optimizer_and_schedule(self, self.params, self._total_steps, self.trainer.max_epochs)
+

@@ -1,0 +1,46 @@
+"""The optimizer and per-step schedule a run's params select, for any module (the pretraining LightningModule, or a
+benchmark's peer model trained with the same recipe)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from pytorch_lightning.utilities.types import OptimizerLRSchedulerConfig
+from torch import nn
+
+from selfsup.config.fields import ModelParams
+from selfsup.optim.groups import parameter_groups
+from selfsup.optim.lars import LARS
+from selfsup.optim.schedules import WarmupCosineSchedule
+
+
+def optimizer_and_schedule(
+    module: nn.Module,
+    params: ModelParams,
+    total_steps: int,
+    epochs: int,
+    constant_lr_modules: Sequence[nn.Module] = (),
+) -> OptimizerLRSchedulerConfig:
+    """SGD or LARS over ``module``'s parameter groups with a per-step cosine schedule of ``total_steps`` steps (after
+    ``params.lars_warmup_epochs`` of linear warmup for LARS); ``constant_lr_modules`` keep their lr."""
+    groups = parameter_groups(
+        module,
+        params.weight_decay,
+        params.exclude_matching_parameters_from_lars,
+        params.exclude_bias_and_norm_from_lars,
+        constant_lr_modules=constant_lr_modules,
+    )
+    optimizer: torch.optim.Optimizer
+    if params.optimizer_name == "lars":
+        optimizer = LARS(groups, lr=params.lr, momentum=params.momentum, eta=params.lars_eta)
+        warmup_steps = round(params.lars_warmup_epochs * total_steps / epochs)
+    else:
+        optimizer = torch.optim.SGD(groups, lr=params.lr, momentum=params.momentum, foreach=True)
+        warmup_steps = 0
+    schedule = WarmupCosineSchedule(warmup_steps, total_steps, params.final_lr_schedule_value / params.lr)
+    constant = WarmupCosineSchedule(0, total_steps, 1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, [constant if group["constant_lr"] else schedule for group in groups]
+    )
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -64,6 +64,33 @@ def test_bench_quality_tiny_image_folder(tmp_path, image_folder):
     assert written[-1]["linear_acc"] != "" and (work / "bench_quality.png").stat().st_size > 0
 
 
+@pytest.mark.slow
+def test_bench_quality_peer_column_and_long_budget(tmp_path, image_folder):
+    pytest.importorskip("lightly")
+    work = tmp_path / "work"
+    rows = bench_quality.main(
+        ["--data-path", str(image_folder), "--presets", "simsiam", "--peer", "--budget", "long", "--epochs", "2",
+         "--train-per-class", "4", "--holdout-per-class", "2", "--batch-size", "4", "--workers", "0",
+         "--accelerator", "cpu", "--set", "mlp_hidden_dim=32", "dim=16", "--work-dir", str(work)]
+    )
+    ours, peer = rows[1], rows[1]["peer"]
+    assert len(ours["knn"]) == len(peer["knn"]) == 2 and ours["epoch_seconds"] > 0 and peer["epoch_seconds"] > 0
+    assert "lr 0.05 -> 0.005" in ours["recipe"]  # the short-run recipe is reported
+    written = read_csv(str(work / "bench_quality.csv"))
+    assert [(r["implementation"], r["epoch"]) for r in written[1:]] == [
+        ("ours", "1"), ("ours", "2"), ("lightly", "1"), ("lightly", "2")]
+    table = (work / "bench_quality.md").read_text()
+    assert table.startswith("| preset | kNN %") and "| simsiam |" in table and "| random init |" in table
+
+
+def test_bench_quality_long_budget_is_one_preset_at_a_time(tmp_path):
+    with pytest.raises(SystemExit):
+        bench_quality.parse_args(["--budget", "long", "--presets", "byol", "simclr"])
+    assert bench_quality.parse_args(["--budget", "long", "--presets", "byol"]).epochs == bench_quality.BUDGETS["long"]
+    assert bench_quality.crossing_epoch([30.0, 34.0, 33.0, 35.0], 33.0) == 2
+    assert bench_quality.crossing_epoch([30.0, 34.0, 32.0], 33.0) is None
+
+
 def test_bench_quality_rejects_too_small_classes(tmp_path, image_folder):
     with pytest.raises(ValueError, match="'cat' has 6 images; 8 are needed"):
         bench_quality.main(

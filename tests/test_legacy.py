@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict
 
+import attrs
 import pytest
 import torch
 from fixtures.make_legacy_fixtures import CHECKPOINT_PRESETS, small_encoder, small_params
@@ -17,6 +18,12 @@ from selfsup.config import PRESETS
 from selfsup.train.module import SelfSupervisedMethod
 
 LEGACY = Path(__file__).resolve().parent / "fixtures" / "legacy"
+# Presets that changed on purpose after the fixtures were written: the checkpoint keeps the fields it was trained
+# with, so it must load with those, not with today's preset.
+CHANGED_SINCE_FIXTURE: Dict[str, Dict[str, Any]] = {
+    # SimCLR's official BatchNorm projection head (issue 17).
+    "simclr": dict(mlp_normalization=None, projection_output_batch_norm=False),
+}
 REFERENCE: Dict[str, Any] = torch.load(LEGACY / "reference.pt", weights_only=False)
 
 
@@ -29,7 +36,7 @@ def load(name: str) -> SelfSupervisedMethod:
 @pytest.mark.parametrize("name", CHECKPOINT_PRESETS)
 def test_legacy_checkpoint_loads_with_its_params_and_gives_the_same_embeddings(name):
     model = load(name).eval()
-    assert model.params == small_params(name)
+    assert model.params == attrs.evolve(small_params(name), **CHANGED_SINCE_FIXTURE.get(name, {}))
     expected = REFERENCE["checkpoints"][name]
     with torch.no_grad():
         assert torch.allclose(model(REFERENCE["images"]), expected["embeddings"], atol=1e-6)

@@ -219,6 +219,7 @@ def test_short_run_overrides_scale_schedules_to_the_run():
     )
     moco = short_run_overrides(MoCoParams(max_epochs=20))
     assert (moco["m"], moco["lr"]) == (0.99, pytest.approx(0.05))  # MoCo v1's 0.999; SGD: a tenth of 0.5
-    assert short_run_overrides(SimCLRParams(max_epochs=4))["m"] == 0.0  # no EMA: nothing to cap
+    simclr = short_run_overrides(SimCLRParams(max_epochs=4))
+    assert simclr == dict(lr=pytest.approx(0.05))  # no EMA to cap, no warmup with SGD
     assert short_run_overrides(DINOParams(max_epochs=100)) == {}  # the papers' own lengths are left alone
     attr.evolve(dino, **short_run_overrides(dino))  # the result validates

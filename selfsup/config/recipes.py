@@ -34,12 +34,12 @@ def short_run_overrides(preset: ModelParams) -> Dict[str, Any]:
     if epochs >= SHORT_RUN_MAX_EPOCHS:
         return {}
     lr_scale = SHORT_RUN_SGD_LR_SCALE if preset.optimizer_name == "sgd" else 1.0
-    return dict(
-        lr=preset.lr * lr_scale,
-        lars_warmup_epochs=min(preset.lars_warmup_epochs, SHORT_RUN_WARMUP_FRACTION * epochs),
-        m=min(preset.m, SHORT_RUN_MAX_MOMENTUM),
-        **preset.method.short_run_overrides(preset),
-    )
+    overrides: Dict[str, Any] = dict(lr=preset.lr * lr_scale)
+    if preset.optimizer_name == "lars":  # SGD runs have no warmup
+        overrides["lars_warmup_epochs"] = min(preset.lars_warmup_epochs, SHORT_RUN_WARMUP_FRACTION * epochs)
+    if preset.use_lagging_model:
+        overrides["m"] = min(preset.m, SHORT_RUN_MAX_MOMENTUM)
+    return {**overrides, **preset.method.short_run_overrides(preset)}
 
 
 def small_run_overrides(preset: ModelParams, batch_size: int) -> Dict[str, Any]:

@@ -50,3 +50,26 @@ def test_documented_blog_commands_parse():
     assert documented
     for argv in documented:
         train_blog.build_parser().parse_args(argv)
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        ([], dict(dataset_name="synthetic")),
+        (["--small"], dict(dataset_name="synthetic", batch_size=128, use_cifar_stem=False)),
+        (["--small", "--data-path", "cifar"], dict(dataset_name="imagefolder", data_path="cifar", batch_size=128)),
+        (["--data-path", "x", "--dataset_name", "cifar10"], dict(dataset_name="cifar10", data_path="x")),
+    ],
+)
+def test_data_path_replaces_the_small_runs_synthetic_images(argv, expected):
+    overrides = train_blog.run_overrides(train_blog.build_parser().parse_args(argv + ["--epochs", "3"]))
+    assert {k: overrides[k] for k in expected} == expected and overrides["max_epochs"] == 3
+
+
+def test_short_runs_get_byols_recipe_over_the_blog_defaults_but_not_over_a_configuration():
+    short = dict(TINY, max_epochs=4)
+    base, xent = (train_blog.blog_params(config, short, short_run=True) for config in ("base", "xent"))
+    assert base.lr == pytest.approx(0.08) and base.m == 0.99
+    assert xent.lr == 0.02 and xent.m == 0.99
+    full = train_blog.blog_params("base", dict(TINY, max_epochs=300), short_run=True)
+    assert full.lr == 0.8 and full.m == train_blog.blog_params("base", TINY).m

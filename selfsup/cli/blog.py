@@ -76,13 +76,14 @@ METRICS = ("valid_class_acc", "valid_knn_acc", "final_pos_cos", "final_neg_cos")
 def blog_params(config: str, overrides: Mapping[str, Any], short_run: bool = False) -> ModelParams:
     """The validated params of one configuration; ``overrides`` (data, scale) apply to every configuration. With
     ``short_run``, a run of fewer than SHORT_RUN_MAX_EPOCHS epochs gets BYOL's short-run recipe (config.recipes) for
-    the fields neither the configuration nor ``overrides`` set."""
+    the fields neither the configuration nor ``overrides`` set (the blog's SGD lr included: it was chosen for full
+    runs)."""
     fields = {**BLOG_BASE, **overrides, **CONFIGS[config]}
     params = BYOLParams(**fields)
     if not short_run or params.max_epochs >= SHORT_RUN_MAX_EPOCHS:
         return params
     recipe = {k: v for k, v in short_run_overrides(params).items() if k not in CONFIGS[config] and k not in overrides}
-    return BYOLParams(**fields, **recipe)
+    return BYOLParams(**{**fields, **recipe})
 
 
 class CosineCurves(pl.Callback):
@@ -240,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds, one run per config each")
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS), metavar="CONFIG",
                         help=f"subset of {', '.join(CONFIGS)} (default all)")
-    parser.add_argument("--small", action="store_true", help=f"CPU-sized runs: {SMALL} (other flags override)")
+    parser.add_argument("--small", action="store_true",
+                        help=f"CPU-sized runs: {SMALL} (other flags override; --data-path replaces its images)")
     parser.add_argument("--dataset_name", default=None, help="default synthetic")
     parser.add_argument("--data_path", "--data-path", default=None,
                         help="an image folder (train/<class>/..., val/ optional: else holdout_fraction of train is "
@@ -263,16 +265,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     args = build_parser().parse_args(argv)
-    default_dataset = "imagefolder" if args.data_path is not None else "synthetic"
-    overrides: Dict[str, Any] = {"dataset_name": default_dataset, **(SMALL if args.small else {})}
-    given = {name: getattr(args, name) for name in DATA_FLAGS}
-    overrides.update({name: value for name, value in given.items() if value is not None}, max_epochs=args.epochs)
     trainer_kwargs: Dict[str, Any] = dict(
         accelerator=args.accelerator, devices=parse_devices(args.devices), strategy=args.strategy
     )
     if args.limit_train_batches is not None:
         trainer_kwargs["limit_train_batches"] = args.limit_train_batches
-    return run_blog(args.configs, args.seeds, overrides, args.out_dir, trainer_kwargs, args.recipe == "auto")
+    return run_blog(args.configs, args.seeds, run_overrides(args), args.out_dir, trainer_kwargs, args.recipe == "auto")
+
+
+def run_overrides(args: argparse.Namespace) -> Dict[str, Any]:
+    """The ModelParams fields every configuration gets from the command line: --small's sizes, then a --data-path
+    folder in place of --small's synthetic images, then the flags given explicitly."""
+    overrides: Dict[str, Any] = {"dataset_name": "synthetic", **(SMALL if args.small else {})}
+    if args.data_path is not None:
+        overrides["dataset_name"] = "imagefolder"
+    given = {name: getattr(args, name) for name in DATA_FLAGS}
+    overrides.update({name: value for name, value in given.items() if value is not None}, max_epochs=args.epochs)
+    return overrides
 
 
 def run() -> None:

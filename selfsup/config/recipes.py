@@ -57,5 +57,11 @@ def small_run_overrides(preset: ModelParams, batch_size: int) -> Dict[str, Any]:
 
 def describe_overrides(preset: ModelParams, overrides: Dict[str, Any]) -> str:
     """``overrides`` as "field old -> new" for the fields they change in ``preset`` (for run logs)."""
-    changed = [f"{k} {getattr(preset, k)!r} -> {v!r}" for k, v in overrides.items() if getattr(preset, k) != v]
+    changed = [f"{k} {_show(getattr(preset, k))} -> {_show(v)}" for k, v in overrides.items()
+               if getattr(preset, k) != v]
     return ", ".join(changed) or "none"
+
+
+def _show(value: Any) -> str:
+    # 6 significant digits: a scaled lr prints as 0.08, not 0.08000000000000002.
+    return f"{value:.6g}" if isinstance(value, float) else repr(value)

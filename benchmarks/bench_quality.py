@@ -3,9 +3,10 @@ images, next to a randomly initialised encoder.
 
 Data: a class-balanced subset of an ImageFolder (default: the CIFAR-10 training split in ../shared/datasets/cifar10),
 split once with a fixed seed into ``--train-per-class`` pretraining images and ``--holdout-per-class`` held-out images
-per class. The subset is laid out as symbolic links in ``<--work-dir>/data/{train,val}/<class>/``, so pretraining
-goes through the same ``dataset_name="imagefolder"`` path a user's run does (decoding, the default augmentation
-backend, the loader). Each preset pretrains with its own defaults and the overrides below for ``--epochs`` epochs;
+per class. The subset is laid out as symbolic links in
+``<--work-dir>/data_seed<seed>_<train-per-class>_<holdout-per-class>/{train,val}/<class>/``, so pretraining goes
+through the same ``dataset_name="imagefolder"`` path a user's run does (decoding, the default augmentation backend,
+the loader). Each preset pretrains with its own defaults and the overrides below for ``--epochs`` epochs;
 after every epoch the encoder's embeddings (eval mode, deterministic eval transform) of the pretraining images are
 the bank of a weighted kNN (k=200, cosine, temperature 0.1) that classifies the held-out images; after the last
 epoch a logistic regression (a linear probe) is fit on the same embeddings and scored on the held-out images. The

@@ -13,11 +13,14 @@ the bookkeeping. The bare encoder alone (no heads) is the third column, for scal
 
 All are the median step time over ``--steps`` steps after ``--warmup`` steps; the measurements are interleaved
 ``--rounds`` times and the fastest round is kept, because other load on the machine only ever slows a step down.
-Peak memory: the process's peak RSS on CPU (each preset runs in its own process, the bare networks first),
-``torch.cuda.max_memory_allocated`` on GPU.
+With ``--peer`` the same preset as implemented by lightly (``benchmarks/peers.py``: same encoder, optimizer and
+schedule) is timed the same way in the same rounds, on the same in-memory views; ``peer ratio`` = our step / its step
+(below 1: ours is faster). Peak memory: the process's peak RSS on CPU (each preset runs in its own process, the bare
+networks first), ``torch.cuda.max_memory_allocated`` on GPU.
 
 Example (the table in the benchmarks issue's closing note):
     python benchmarks/bench_throughput.py --batch-size 256 --image-size 32
+    python benchmarks/bench_throughput.py --peer --presets simclr byol   # next to lightly's step
 """
 
 from __future__ import annotations
@@ -35,12 +38,17 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from selfsup import data
 from selfsup.config import PRESETS, ModelParams
 from selfsup.nn.target import encode_views
 from selfsup.train.module import SelfSupervisedMethod
+
+try:
+    from benchmarks import peers
+except ImportError:  # run as a script: Python puts benchmarks/ itself, not the repository, on sys.path
+    import peers  # type: ignore[no-redef]
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -58,6 +66,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per measurement")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved framework / bare measurements per preset")
     parser.add_argument("--accelerator", default="gpu" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--peer", action="store_true",
+                        help="also time each preset's lightly implementation (pip install -e .[peer]); presets without "
+                             "one are timed alone")
     parser.add_argument("--csv", default=os.path.join(REPO, "benchmarks", "results", "bench_throughput.csv"))
     return parser.parse_args(argv)
 
@@ -121,8 +132,15 @@ def view_shapes(params: ModelParams) -> List[List[int]]:
     return [[3, global_side, global_side]] * params.num_global_crops + [[3, local, local]] * params.num_local_crops
 
 
-def framework_step_seconds(params: ModelParams, dataset: Dataset, args: argparse.Namespace) -> List[float]:
-    model = SelfSupervisedMethod(params, train_dataset=dataset)
+def framework_step_seconds(params: ModelParams, dataset: Dataset, args: argparse.Namespace,
+                           peer: Optional[str] = None) -> List[float]:
+    """Step times of a ``pl.Trainer`` fit of our module, or with ``peer`` of that preset's lightly implementation
+    (fed the same views by a plain DataLoader)."""
+    model: pl.LightningModule
+    if peer is None:
+        model, loader = SelfSupervisedMethod(params, train_dataset=dataset), None
+    else:
+        model, loader = peers.PeerMethod(peer, params), DataLoader(dataset, batch_size=params.batch_size)
     timer = StepTimer()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -138,7 +156,7 @@ def framework_step_seconds(params: ModelParams, dataset: Dataset, args: argparse
             enable_model_summary=False,
             callbacks=[FullQueue(), timer],
         )
-        trainer.fit(model)
+        trainer.fit(model, train_dataloaders=loader)
     steps = [b - a for a, b in zip(timer.starts, timer.starts[1:])]
     return steps[args.warmup :]
 
@@ -198,6 +216,8 @@ def measure_preset(name: str, args: argparse.Namespace) -> Dict[str, Any]:
     dataset = InMemoryViews(shapes, length)
     probe = SelfSupervisedMethod(params, train_dataset=dataset)
     framework: List[float] = []
+    peer: List[float] = []
+    with_peer = args.peer and name in peers.PEERS
     backbone: List[float] = []
     network: List[float] = []
     bare_memory = framework_memory = 0.0
@@ -207,7 +227,10 @@ def measure_preset(name: str, args: argparse.Namespace) -> Dict[str, Any]:
         bare_memory = max(bare_memory, peak_memory_mb())
         framework.append(statistics.median(framework_step_seconds(params, dataset, args)))
         framework_memory = max(framework_memory, peak_memory_mb())
+        if with_peer:
+            peer.append(statistics.median(framework_step_seconds(params, dataset, args, peer=name)))
     framework_step, backbone_step, network_step = min(framework), min(backbone), min(network)
+    peer_step = min(peer) if peer else float("nan")
     return {
         "preset": name,
         "views": "+".join(f"{s[1]}px" for s in shapes),
@@ -220,6 +243,8 @@ def measure_preset(name: str, args: argparse.Namespace) -> Dict[str, Any]:
         "backbone_step_ms": 1000 * backbone_step,
         "ratio": framework_step / network_step,
         "ratio_to_backbone": framework_step / backbone_step,
+        "peer_step_ms": 1000 * peer_step,
+        "peer_ratio": framework_step / peer_step,
         "framework_peak_mb": framework_memory,
         "bare_peak_mb": bare_memory,
     }
@@ -240,8 +265,9 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
         rows.append(queue.get())
         process.join()
         row = rows[-1]
+        peer_text = f", lightly {row['peer_step_ms']:.0f} ms" if row["peer_step_ms"] == row["peer_step_ms"] else ""
         print(f"{name}: framework {row['framework_step_ms']:.0f} ms, required {row['required_step_ms']:.0f} ms, "
-              f"ratio {row['ratio']:.3f}", flush=True)
+              f"ratio {row['ratio']:.3f}{peer_text}", flush=True)
 
     os.makedirs(os.path.dirname(os.path.abspath(args.csv)), exist_ok=True)
     with open(args.csv, "w", newline="") as f:
@@ -251,14 +277,16 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     stem = "CIFAR" if args.cifar_stem else "ImageNet"
     print(f"\n{args.encoder_arch} ({stem} stem), batch {args.batch_size}, {args.image_size} px, {args.accelerator}, "
           f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}; CSV: {args.csv}\n")
+    peer_head, peer_rule = (" lightly ms | peer ratio |", "---:|---:|") if args.peer else ("", "")
     print("| preset | views | online / target views | framework ms | required ms | encoder-only ms | ratio | "
-          "ratio to encoder | framework img/s | peak MB (framework / bare) |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          f"ratio to encoder | framework img/s | peak MB (framework / bare) |{peer_head}")
+    print(f"|---|---|---:|---:|---:|---:|---:|---:|---:|---:|{peer_rule}")
     for r in rows:
+        peer_cells = f" {r['peer_step_ms']:.0f} | {r['peer_ratio']:.3f} |" if args.peer else ""
         print(f"| {r['preset']} | {r['views']} | {r['online_views']} / {r['target_views']} | "
               f"{r['framework_step_ms']:.0f} | {r['required_step_ms']:.0f} | {r['backbone_step_ms']:.0f} | "
               f"{r['ratio']:.3f} | {r['ratio_to_backbone']:.2f} | {r['framework_images_per_s']:.0f} | "
-              f"{r['framework_peak_mb']:.0f} / {r['bare_peak_mb']:.0f} |")
+              f"{r['framework_peak_mb']:.0f} / {r['bare_peak_mb']:.0f} |{peer_cells}")
     return rows
 
 

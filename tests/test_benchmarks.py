@@ -23,16 +23,18 @@ def read_csv(path: str) -> list[dict[str, str]]:
 
 @pytest.mark.slow
 def test_bench_throughput_tiny(tmp_path):
+    pytest.importorskip("lightly")
     out = tmp_path / "throughput.csv"
     rows = bench_throughput.main(
         ["--presets", "simclr", "byol", "--batch-size", "8", "--warmup", "1", "--steps", "1", "--rounds", "1",
-         "--accelerator", "cpu", "--csv", str(out)]
+         "--accelerator", "cpu", "--peer", "--csv", str(out)]
     )
     assert [r["preset"] for r in rows] == ["simclr", "byol"]
     assert [r["target_views"] for r in rows] == [0, 2]  # BYOL's momentum encoder sees both views
     written = read_csv(str(out))
     for row in written:
-        for field in ("framework_step_ms", "required_step_ms", "backbone_step_ms", "ratio", "framework_peak_mb"):
+        for field in ("framework_step_ms", "required_step_ms", "backbone_step_ms", "ratio", "framework_peak_mb",
+                      "peer_step_ms", "peer_ratio"):
             assert math.isfinite(float(row[field])) and float(row[field]) > 0, (row["preset"], field)
 
 

@@ -246,12 +246,13 @@ SMALL = dict(
     num_data_workers=0,
     max_epochs=1,
 )
-BN_HEADS = dict(mlp_normalization="bn", projection_output_batch_norm=True)
+BN_HEADS = dict(mlp_normalization="bn", projection_output_batch_norm=True)  # SimCLR's preset heads
+PLAIN_HEADS = dict(mlp_normalization=None, projection_output_batch_norm=False)  # per-device BN would differ
 
 # name: (preset, overrides, BatchNorm in the backbone). The single-process reference is the same configuration with
 # plain BatchNorm (sync_batch_norm=None).
 EQUIVALENCE: Dict[str, Tuple[Callable[..., ModelParams], Dict[str, Any], bool]] = {
-    "NT-Xent, gathered negatives": (SimCLRParams, {}, False),
+    "NT-Xent, gathered negatives": (SimCLRParams, PLAIN_HEADS, False),
     "NT-Xent, sync-BN heads": (SimCLRParams, dict(BN_HEADS, sync_batch_norm="heads"), False),
     "NT-Xent, sync-BN heads and backbone": (SimCLRParams, dict(BN_HEADS, sync_batch_norm="all"), True),
     "VICReg, gathered variance/covariance": (VICRegParams, dict(mlp_normalization=None), False),

@@ -107,9 +107,11 @@ def test_preset_contents():
     assert (
         vicreg.loss_type,
         vicreg.projection_mlp_layers,
+        vicreg.mlp_hidden_dim,
+        vicreg.dim,
         vicreg.final_lr_schedule_value,
         vicreg.lars_warmup_epochs,
-    ) == ("vic", 3, 0.002, 10)
+    ) == ("vic", 3, 2048, 2048, 0.002, 10)
     assert not vicreg.use_unit_sphere_projection and vicreg.exclude_bias_and_norm_from_lars
     assert EqCoParams().use_eqco_margin and EqCoParams().K == 256
     moco = MoCoParams()

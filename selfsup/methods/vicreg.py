@@ -90,9 +90,11 @@ class VICRegOptions:
 
 VICREG = Preset(
     name="VICRegParams", key="vicreg", paper="VICReg, arXiv:2105.04906",
-    summary="25/25/1 loss on raw embeddings, 3-layer BN expander, LARS, 10 warmup epochs",
+    summary="25/25/1 loss on raw embeddings, 3-layer BN expander 2048 wide, LARS, 10 warmup epochs",
     doc="VICReg (Bardes et al. 2021, arXiv:2105.04906): invariance/variance/covariance 25/25/1 on raw embeddings of a "
-    "3-layer BN expander, LARS with biases and norm layers excluded, 10 warmup epochs, cosine to 0.002.",
+    "3-layer BN expander (2048 wide for ResNet-18 instead of 8192: the paper finds accuracy grows with the "
+    "expander's width, and 512 wide lost 4.8 kNN points at 4 epochs), LARS with biases and norm layers excluded, "
+    "10 warmup epochs, cosine to 0.002.",
     fields=dict(
         use_vicreg_loss=True,
         loss_type="vic",
@@ -102,6 +104,8 @@ VICREG = Preset(
         use_negative_examples_from_queue=False,
         projection_mlp_layers=3,
         mlp_normalization="bn",
+        mlp_hidden_dim=2048,
+        dim=2048,
         final_lr_schedule_value=0.002,
         lars_warmup_epochs=10,
         **LARS_WITHOUT_BIAS_AND_NORM,

@@ -53,6 +53,24 @@ class Peer(nn.Module):
         return []
 
 
+class MomentumPeer(Peer):
+    """A peer whose target network is an EMA copy of its encoder and projection ``head``; a subclass builds ``head``
+    and then calls :meth:`make_target`."""
+
+    head: nn.Module
+
+    def make_target(self, fresh_head: Optional[nn.Module] = None) -> None:
+        self.target_encoder, self.target_head = _ema_copy(self.encoder), _ema_copy(self.head, fresh_head)
+
+    @torch.no_grad()
+    def target(self, views: Sequence[Tensor]) -> List[Tensor]:
+        """The target network's outputs of ``views``, without gradients."""
+        return [self.target_head(self.target_encoder(v)) for v in views]
+
+    def momentum_targets(self) -> List[Tuple[nn.Module, nn.Module]]:
+        return [(self.encoder, self.target_encoder), (self.head, self.target_head)]
+
+
 def _ema_copy(module: nn.Module, fresh: Optional[nn.Module] = None) -> nn.Module:
     """A frozen copy of ``module``: a deep copy, or ``fresh`` (the same architecture) loaded with its weights, for
     modules a deep copy cannot take (weight-normalized layers)."""
@@ -77,39 +95,31 @@ class SimCLRPeer(Peer):
         return self.criterion(z0, z1)
 
 
-class MoCoPeer(Peer):
+class MoCoPeer(MomentumPeer):
     def __init__(self, encoder: nn.Module, params: ModelParams) -> None:
         super().__init__(encoder, params)
         self.head = lightly_modules.MoCoProjectionHead(params.embedding_dim, params.embedding_dim, 128)
-        self.target_encoder, self.target_head = _ema_copy(encoder), _ema_copy(self.head)
+        self.make_target()
         self.criterion = lightly_loss.NTXentLoss(temperature=0.1, memory_bank_size=(params.K, 128))
 
     def loss(self, views: Sequence[Tensor], epoch: int) -> Tensor:
         queries = [self.head(self.encoder(v)) for v in views[:2]]
-        with torch.no_grad():
-            keys = [self.target_head(self.target_encoder(v)) for v in views[:2]]
+        keys = self.target(views[:2])
         return _symmetric(lambda i, j: self.criterion(queries[i], keys[j]))
 
-    def momentum_targets(self) -> List[Tuple[nn.Module, nn.Module]]:
-        return [(self.encoder, self.target_encoder), (self.head, self.target_head)]
 
-
-class BYOLPeer(Peer):
+class BYOLPeer(MomentumPeer):
     def __init__(self, encoder: nn.Module, params: ModelParams) -> None:
         super().__init__(encoder, params)
         self.head = lightly_modules.BYOLProjectionHead(params.embedding_dim, 1024, 256)
         self.predictor = lightly_modules.BYOLPredictionHead(256, 1024, 256)
-        self.target_encoder, self.target_head = _ema_copy(encoder), _ema_copy(self.head)
+        self.make_target()
         self.criterion = lightly_loss.NegativeCosineSimilarity()
 
     def loss(self, views: Sequence[Tensor], epoch: int) -> Tensor:
         predictions = [self.predictor(self.head(self.encoder(v))) for v in views[:2]]
-        with torch.no_grad():
-            targets = [self.target_head(self.target_encoder(v)) for v in views[:2]]
+        targets = self.target(views[:2])
         return _symmetric(lambda i, j: self.criterion(predictions[i], targets[j]))
-
-    def momentum_targets(self) -> List[Tuple[nn.Module, nn.Module]]:
-        return [(self.encoder, self.target_encoder), (self.head, self.target_head)]
 
 
 class SimSiamPeer(Peer):
@@ -162,14 +172,14 @@ class NNCLRPeer(Peer):
         return _symmetric(lambda i, j: self.criterion(neighbours[i], p[j]))
 
 
-class DINOPeer(Peer):
+class DINOPeer(MomentumPeer):
     def __init__(self, encoder: nn.Module, params: ModelParams) -> None:
         super().__init__(encoder, params)
         def head() -> nn.Module:
             return lightly_modules.DINOProjectionHead(params.embedding_dim, 2048, 256, 2048, batch_norm=True)
 
         self.head = head()
-        self.target_encoder, self.target_head = _ema_copy(encoder), _ema_copy(self.head, fresh=head())
+        self.make_target(fresh_head=head())
         self.criterion = lightly_loss.DINOLoss(
             output_dim=2048,
             warmup_teacher_temp=params.teacher_temperature_warmup_start,
@@ -178,14 +188,9 @@ class DINOPeer(Peer):
         )
 
     def loss(self, views: Sequence[Tensor], epoch: int) -> Tensor:
-        global_views = views[: self.params.num_global_crops]
-        with torch.no_grad():
-            teacher = [self.target_head(self.target_encoder(v)) for v in global_views]
+        teacher = self.target(views[: self.params.num_global_crops])
         student = [self.head(self.encoder(v)) for v in views]
         return self.criterion(teacher, student, epoch=epoch)
-
-    def momentum_targets(self) -> List[Tuple[nn.Module, nn.Module]]:
-        return [(self.encoder, self.target_encoder), (self.head, self.target_head)]
 
 
 class SwAVPeer(Peer):

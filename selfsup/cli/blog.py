@@ -38,7 +38,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from selfsup.config.fields import ModelParams
 from selfsup.config.presets import BYOLParams
-from selfsup.config.recipes import SHORT_RUN_MAX_EPOCHS, describe_overrides, short_run_overrides
+from selfsup.config.recipes import SHORT_RUN_MAX_EPOCHS, describe_overrides, with_short_run_recipe
 from selfsup.train.module import SelfSupervisedMethod
 
 BLOG_BASE: Dict[str, Any] = dict(optimizer_name="sgd", exclude_bias_and_norm_from_lars=False, lr=0.8)
@@ -79,11 +79,9 @@ def blog_params(config: str, overrides: Mapping[str, Any], short_run: bool = Fal
     the fields neither the configuration nor ``overrides`` set (the blog's SGD lr included: it was chosen for full
     runs)."""
     fields = {**BLOG_BASE, **overrides, **CONFIGS[config]}
-    params = BYOLParams(**fields)
-    if not short_run or params.max_epochs >= SHORT_RUN_MAX_EPOCHS:
-        return params
-    recipe = {k: v for k, v in short_run_overrides(params).items() if k not in CONFIGS[config] and k not in overrides}
-    return BYOLParams(**{**fields, **recipe})
+    if not short_run:
+        return BYOLParams(**fields)
+    return with_short_run_recipe(BYOLParams, fields, keep={*CONFIGS[config], *overrides})[0]
 
 
 class CosineCurves(pl.Callback):

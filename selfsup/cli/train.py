@@ -46,7 +46,7 @@ from selfsup.cli.common import (
 )
 from selfsup.config.fields import ModelParams
 from selfsup.config.presets import PRESETS
-from selfsup.config.recipes import SHORT_RUN_MAX_EPOCHS, describe_overrides, short_run_overrides
+from selfsup.config.recipes import SHORT_RUN_MAX_EPOCHS, with_short_run_recipe
 from selfsup.eval.visualize import EMBEDDING_METHODS, EmbeddingPlots, plotting_available
 from selfsup.train import longrun
 from selfsup.train.module import SelfSupervisedMethod
@@ -95,13 +95,14 @@ def resolve_params(config: Namespace) -> Tuple[ModelParams, str]:
     of fewer than SHORT_RUN_MAX_EPOCHS epochs gets the preset's short-run recipe (config.recipes) for the fields the
     command line and config file leave unset; a saved config lists every field, so its rerun applies nothing twice."""
     given = given_fields(config, ModelParams)
-    preset = PRESETS[config.preset](**given)
-    if config.recipe == "paper" or preset.max_epochs >= SHORT_RUN_MAX_EPOCHS:
-        return preset, f"recipe: {config.preset} as published (max_epochs {preset.max_epochs})"
-    recipe = {k: v for k, v in short_run_overrides(preset).items() if k not in given}
-    return PRESETS[config.preset](**given, **recipe), (
-        f"recipe: {config.preset} short-run (max_epochs {preset.max_epochs} < {SHORT_RUN_MAX_EPOCHS}; --recipe paper "
-        f"keeps the published one): {describe_overrides(preset, recipe)}"
+    build = PRESETS[config.preset]
+    auto = config.recipe == "auto"
+    params, changes = with_short_run_recipe(build, given, keep=given) if auto else (build(**given), "none")
+    if not auto or params.max_epochs >= SHORT_RUN_MAX_EPOCHS:
+        return params, f"recipe: {config.preset} as published (max_epochs {params.max_epochs})"
+    return params, (
+        f"recipe: {config.preset} short-run (max_epochs {params.max_epochs} < {SHORT_RUN_MAX_EPOCHS}; --recipe paper "
+        f"keeps the published one): {changes}"
     )
 
 

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Callable, Collection, Dict, Mapping, Tuple
 
 from selfsup.config.fields import ModelParams
 
@@ -53,6 +53,17 @@ def small_run_overrides(preset: ModelParams, batch_size: int) -> Dict[str, Any]:
         fields["prediction_mlp_hidden_dim"] = 16
     fields.update(preset.method.small_run_overrides(preset, batch_size))
     return fields
+
+
+def with_short_run_recipe(
+    build: Callable[..., ModelParams], fields: Mapping[str, Any], keep: Collection[str] = ()
+) -> Tuple[ModelParams, str]:
+    """``build(**fields)`` with :func:`short_run_overrides` applied to every field not in ``keep`` (the ones a user
+    set), and the run-log description of what the recipe changed ("none" for runs of SHORT_RUN_MAX_EPOCHS or more)."""
+    published = build(**fields)
+    recipe = {k: v for k, v in short_run_overrides(published).items() if k not in keep}
+    params = build(**{**fields, **recipe}) if recipe else published
+    return params, describe_overrides(published, recipe)
 
 
 def describe_overrides(preset: ModelParams, overrides: Dict[str, Any]) -> str:

@@ -84,6 +84,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="extra ModelParams overrides for every preset, e.g. lr=0.3 (Python literals)")
     parser.add_argument("--work-dir", default=os.path.join(REPO, "benchmarks", "results", "quality"))
+    parser.add_argument("--merge", nargs="+", default=None, metavar="CSV",
+                        help="train nothing: combine the bench_quality.csv files of earlier runs on the same split "
+                        "into one CSV, table and plot in --work-dir (a later file's preset replaces an earlier one's)")
     args = parser.parse_args(argv)
     if args.epochs is None:
         args.epochs = BUDGETS[args.budget]
@@ -312,6 +315,52 @@ def write_csv(rows: List[Dict[str, Any]], path: str) -> None:
                                      round(result["epoch_seconds"], 1), round(result["minutes"], 2)])
 
 
+def read_csv(path: str) -> List[Dict[str, Any]]:
+    """The rows of a CSV that :func:`write_csv` wrote (random_init first), as :func:`run_preset` returns them."""
+    results: Dict[Tuple[str, str], Dict[str, Any]] = {}
+    with open(path, newline="") as f:
+        for line in csv.DictReader(f):
+            result = results.setdefault((line["preset"], line["implementation"]),
+                                        dict(preset=line["preset"], knn=[], losses=[], linear=float("nan")))
+            result["knn"].append(float(line["knn_acc"]))
+            result["losses"].append(float(line["loss"]))
+            if line["linear_acc"]:
+                result["linear"] = float(line["linear_acc"])
+            result["epoch_seconds"], result["minutes"] = float(line["seconds_per_epoch"]), float(line["minutes"])
+    rows = [result for (_, implementation), result in results.items() if implementation == "ours"]
+    for row in rows:
+        if (row["preset"], "lightly") in results:
+            row["peer"] = results[row["preset"], "lightly"]
+    if not rows or rows[0]["preset"] != "random_init":
+        raise ValueError(f"{path}: expected a bench_quality.csv whose first rows are the random_init encoder's")
+    return rows
+
+
+def merge(paths: Sequence[str]) -> List[Dict[str, Any]]:
+    """The rows of several runs' CSVs: one random_init row (every file's must agree: the same split and seed) and
+    each preset once, from the last file that has it."""
+    runs = [read_csv(path) for path in paths]
+    reference = runs[0][0]
+    for path, rows in zip(paths, runs):
+        if (rows[0]["knn"], rows[0]["linear"]) != (reference["knn"], reference["linear"]):
+            raise ValueError(f"{path}: random_init kNN/linear {rows[0]['knn'][-1]}/{rows[0]['linear']} differ from "
+                             f"{paths[0]}'s {reference['knn'][-1]}/{reference['linear']}: not the same split and seed")
+    presets = {row["preset"]: row for rows in runs for row in rows[1:]}
+    return [reference, *presets.values()]
+
+
+def write_outputs(rows: List[Dict[str, Any]], work_dir: str) -> str:
+    """bench_quality.csv, .png and .md in ``work_dir``; returns the markdown table."""
+    random_knn, random_linear = rows[0]["knn"][-1], rows[0]["linear"]
+    os.makedirs(work_dir, exist_ok=True)
+    write_csv(rows, os.path.join(work_dir, "bench_quality.csv"))
+    plot(rows[1:], os.path.join(work_dir, "bench_quality.png"), random_knn)
+    report = table(rows, random_knn, random_linear)
+    with open(os.path.join(work_dir, "bench_quality.md"), "w") as f:
+        f.write(report + "\n")
+    return report
+
+
 def table(rows: List[Dict[str, Any]], random_knn: float, random_linear: float) -> str:
     """The markdown table: ours, the peer's where measured, against the random encoder."""
     def cells(result: Optional[Dict[str, Any]]) -> str:
@@ -334,6 +383,10 @@ def table(rows: List[Dict[str, Any]], random_knn: float, random_linear: float) -
 
 def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     args = parse_args(argv)
+    if args.merge:
+        rows = merge(args.merge)
+        print(write_outputs(rows, args.work_dir))
+        return rows
     if args.synthetic:
         source = "the synthetic dataset"
         subset = None
@@ -363,12 +416,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
             print(f"{name}: kNN stays at or above random + 2 ({random_knn + 2:.1f}%) from epoch "
                   f"{epoch if epoch is not None else f'> {args.epochs}'}", flush=True)
 
-    os.makedirs(args.work_dir, exist_ok=True)
-    write_csv(rows, os.path.join(args.work_dir, "bench_quality.csv"))
-    plot(rows[1:], os.path.join(args.work_dir, "bench_quality.png"), random_knn)
-    report = table(rows, random_knn, random_linear)
-    with open(os.path.join(args.work_dir, "bench_quality.md"), "w") as f:
-        f.write(report + "\n")
+    report = write_outputs(rows, args.work_dir)
     print(f"\n{args.encoder_arch} ({'CIFAR' if args.cifar_stem else 'ImageNet'} stem), {args.epochs} epochs on "
           f"{len(bank[1])} images of {source}, batch {args.batch_size}; kNN (k=200, T=0.1) and "
           f"linear probe on {len(queries[1])} held-out images. Outputs in {args.work_dir}\n")

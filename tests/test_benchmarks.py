@@ -65,6 +65,19 @@ def test_bench_quality_tiny_image_folder(tmp_path, image_folder):
     assert [(r["preset"], r["epoch"]) for r in written] == [("random_init", "0"), ("byol", "1"), ("byol", "2")]
     assert written[-1]["linear_acc"] != "" and (work / "bench_quality.png").stat().st_size > 0
 
+    # --merge: runs on the same split combine into one CSV, table and plot; the CSV survives the round trip
+    merged = tmp_path / "merged"
+    rows = bench_quality.main(["--merge", str(work / "bench_quality.csv"), str(work / "bench_quality.csv"),
+                               "--work-dir", str(merged)])
+    assert [r["preset"] for r in rows] == ["random_init", "byol"]
+    assert (merged / "bench_quality.csv").read_text() == (work / "bench_quality.csv").read_text()
+    assert "| byol |" in (merged / "bench_quality.md").read_text() and (merged / "bench_quality.png").exists()
+    other_split = tmp_path / "other.csv"
+    first = (work / "bench_quality.csv").read_text()
+    other_split.write_text(first.replace("random_init,ours,0,", "random_init,ours,0,1"))
+    with pytest.raises(ValueError, match="random_init kNN/linear .* not the same split and seed"):
+        bench_quality.main(["--merge", str(work / "bench_quality.csv"), str(other_split), "--work-dir", str(merged)])
+
 
 @pytest.mark.slow
 def test_bench_quality_peer_column_and_long_budget(tmp_path, image_folder):

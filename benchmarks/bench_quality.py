@@ -36,7 +36,8 @@ import torch
 from torch import Tensor
 
 from selfsup import data
-from selfsup.config import PRESETS, ModelParams, describe_overrides, short_run_overrides
+from selfsup.config import PRESETS, ModelParams
+from selfsup.config.recipes import with_short_run_recipe
 from selfsup.eval import probes
 from selfsup.train.module import SelfSupervisedMethod
 from selfsup.train.pipeline import PretrainingDataModule
@@ -153,11 +154,11 @@ def preset_params(name: str, args: argparse.Namespace, data_path: Optional[str])
     )
     if PRESETS[name]().uses_queue:
         overrides["K"] = args.queue_size
-    paper = PRESETS[name](**overrides)
-    recipe = {} if args.paper_schedules else short_run_overrides(paper)
-    overrides.update(recipe)
-    overrides.update(parse_overrides(args.set))
-    return PRESETS[name](**overrides), describe_overrides(paper, recipe)
+    given = parse_overrides(args.set)  # the recipe leaves these fields as given (and does not report them)
+    overrides.update(given)
+    if args.paper_schedules:
+        return PRESETS[name](**overrides), "none"
+    return with_short_run_recipe(PRESETS[name], overrides, keep=given)
 
 
 def load_all(dataset: Any) -> Tuple[Tensor, Tensor]:

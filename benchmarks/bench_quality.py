@@ -202,6 +202,9 @@ class EpochProbe(pl.Callback):
         self.epoch_seconds.append(time.perf_counter() - self._epoch_start)
         self.losses.append(float(trainer.callback_metrics["step_train_loss"]))
         self.measure(cast(torch.nn.Module, module.model))
+        # a long run shows its curve as it goes, and an interrupted one keeps what it measured in the log
+        print(f"epoch {trainer.current_epoch + 1}: kNN {self.knn[-1]:.2f}%, loss {self.losses[-1]:.4f}, "
+              f"{self.epoch_seconds[-1]:.0f} s", flush=True)
 
 
 def train_and_probe(

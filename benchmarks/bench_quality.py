@@ -255,12 +255,20 @@ def run_preset(
     pl.seed_everything(args.seed, workers=True)
     row = train_and_probe(name, SelfSupervisedMethod(params), bank, queries, args)
     row["recipe"] = recipe
+    report(name, row)  # before the peer's run: a run stopped during it keeps ours
     if args.peer and name in peers.PEERS:
         pl.seed_everything(args.seed, workers=True)
         peer = train_and_probe(f"{name}_peer", peers.PeerMethod(name, params), bank, queries, args,
                                datamodule=PretrainingDataModule(params))
         row["peer"] = peer
+        report(f"{name} (lightly)", peer)
     return row
+
+
+def report(label: str, result: Dict[str, Any]) -> None:
+    print(f"{label}: kNN per epoch {[round(a, 1) for a in result['knn']]}, loss per epoch "
+          f"{[round(a, 3) for a in result['losses']]}, linear {result['linear']:.1f}%, "
+          f"{result['epoch_seconds']:.0f} s/epoch, {result['minutes']:.1f} min", flush=True)
 
 
 def crossing_epoch(knn: Sequence[float], threshold: float) -> Optional[int]:
@@ -410,11 +418,6 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     for name in args.presets:
         row = run_preset(name, bank, queries, args, subset)
         rows.append(row)
-        for label, result in (("", row), (" (lightly)", row.get("peer"))):
-            if result is not None:
-                print(f"{name}{label}: kNN per epoch {[round(a, 1) for a in result['knn']]}, loss per epoch "
-                      f"{[round(a, 3) for a in result['losses']]}, linear {result['linear']:.1f}%, "
-                      f"{result['epoch_seconds']:.0f} s/epoch, {result['minutes']:.1f} min", flush=True)
         if args.budget == "long":
             epoch = crossing_epoch(row["knn"], random_knn + 2)
             print(f"{name}: kNN stays at or above random + 2 ({random_knn + 2:.1f}%) from epoch "

@@ -87,7 +87,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--work-dir", default=os.path.join(REPO, "benchmarks", "results", "quality"))
     parser.add_argument("--merge", nargs="+", default=None, metavar="CSV",
                         help="train nothing: combine the bench_quality.csv files of earlier runs on the same split "
-                        "into one CSV, table and plot in --work-dir (a later file's preset replaces an earlier one's)")
+                        "into one CSV, table and plot in --work-dir (a later file's run of a preset replaces an earlier one's, "
+                        "implementation by implementation: ours alone keeps an earlier file's lightly run)")
     args = parser.parse_args(argv)
     if args.epochs is None:
         args.epochs = BUDGETS[args.budget]
@@ -350,14 +351,19 @@ def read_csv(path: str) -> List[Dict[str, Any]]:
 
 def merge(paths: Sequence[str]) -> List[Dict[str, Any]]:
     """The rows of several runs' CSVs: one random_init row (every file's must agree: the same split and seed) and
-    each preset once, from the last file that has it."""
+    each preset once. A later file's run replaces an earlier one's implementation by implementation, so a pair can
+    be completed from two runs: a later run of ours alone keeps the earlier file's lightly run of that preset."""
     runs = [read_csv(path) for path in paths]
     reference = runs[0][0]
     for path, rows in zip(paths, runs):
         if (rows[0]["knn"], rows[0]["linear"]) != (reference["knn"], reference["linear"]):
             raise ValueError(f"{path}: random_init kNN/linear {rows[0]['knn'][-1]}/{rows[0]['linear']} differ from "
                              f"{paths[0]}'s {reference['knn'][-1]}/{reference['linear']}: not the same split and seed")
-    presets = {row["preset"]: row for rows in runs for row in rows[1:]}
+    presets: Dict[str, Dict[str, Any]] = {}
+    for rows in runs:
+        for row in rows[1:]:
+            earlier = presets.get(row["preset"], {})
+            presets[row["preset"]] = {**row, "peer": earlier["peer"]} if "peer" in earlier and "peer" not in row else row
     return [reference, *presets.values()]
 
 

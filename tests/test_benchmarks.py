@@ -72,8 +72,18 @@ def test_bench_quality_tiny_image_folder(tmp_path, image_folder):
     assert [r["preset"] for r in rows] == ["random_init", "byol"]
     assert (merged / "bench_quality.csv").read_text() == (work / "bench_quality.csv").read_text()
     assert "| byol |" in (merged / "bench_quality.md").read_text() and (merged / "bench_quality.png").exists()
-    other_split = tmp_path / "other.csv"
+    # a later run of ours alone replaces our half of an earlier pair and keeps the peer's half
     first = (work / "bench_quality.csv").read_text()
+    byol_lines = [line for line in first.splitlines() if line.startswith("byol,ours,")]
+    pair = tmp_path / "pair.csv"
+    pair.write_text(first + "".join(line.replace(",ours,", ",lightly,") + "\n" for line in byol_lines))
+    ours_again = tmp_path / "ours_again.csv"
+    fields = byol_lines[0].split(",")
+    ours_again.write_text(first.replace(byol_lines[0], ",".join(fields[:3] + ["99.0"] + fields[4:])))
+    rows = bench_quality.main(["--merge", str(pair), str(ours_again), "--work-dir", str(merged)])
+    assert rows[1]["knn"][0] == 99.0
+    assert rows[1]["peer"]["knn"] == [float(line.split(",")[3]) for line in byol_lines]
+    other_split = tmp_path / "other.csv"
     other_split.write_text(first.replace("random_init,ours,0,", "random_init,ours,0,1"))
     with pytest.raises(ValueError, match="random_init kNN/linear .* not the same split and seed"):
         bench_quality.main(["--merge", str(work / "bench_quality.csv"), str(other_split), "--work-dir", str(merged)])

@@ -71,6 +71,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--peer", action="store_true",
                         help="also train each preset's method as implemented by lightly (pip install -e .[peer]) with "
                         "the same data, backbone, optimizer, schedule and epochs, evaluated by the same code")
+    parser.add_argument("--peer-only", action="store_true",
+                        help="train lightly's implementation alone: completes a pair whose peer run was lost "
+                        "(--merge joins the two runs' CSVs)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--encoder-arch", default="resnet18")
     parser.add_argument("--embedding-dim", type=int, default=512)
@@ -87,15 +90,19 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--work-dir", default=os.path.join(REPO, "benchmarks", "results", "quality"))
     parser.add_argument("--merge", nargs="+", default=None, metavar="CSV",
                         help="train nothing: combine the bench_quality.csv files of earlier runs on the same split "
-                        "into one CSV, table and plot in --work-dir (a later file's run of a preset replaces an earlier one's, "
-                        "implementation by implementation: ours alone keeps an earlier file's lightly run)")
+                        "into one CSV, table and plot in --work-dir (a later file's run of a preset replaces an "
+                        "earlier one's, implementation by implementation: ours alone, or --peer-only, keeps the other "
+                        "half)")
     args = parser.parse_args(argv)
     if args.epochs is None:
         args.epochs = BUDGETS[args.budget]
     if args.budget == "long" and len(args.presets) != 1:
         parser.error(f"--budget long trains one preset at a time; got --presets {' '.join(args.presets)}")
-    if args.peer and not peers.available():
-        parser.error("--peer needs the lightly library: pip install -e .[peer]")
+    if (args.peer or args.peer_only) and not peers.available():
+        parser.error("--peer and --peer-only need the lightly library: pip install -e .[peer]")
+    if args.peer_only and not set(args.presets) <= set(peers.PEERS):
+        parser.error(f"--peer-only: lightly implements {', '.join(sorted(peers.PEERS))}; got --presets "
+                     f"{' '.join(args.presets)}")
     return args
 
 
@@ -241,7 +248,7 @@ def train_and_probe(
     (linear,) = probes.logistic_regression_accuracies(
         (bank_embeddings.numpy(), bank[1].numpy()), (query_embeddings.numpy(), queries[1].numpy())
     )
-    return {"preset": name, "knn": probe.knn, "linear": linear, "minutes": minutes, "losses": probe.losses,
+    return {"knn": probe.knn, "linear": linear, "minutes": minutes, "losses": probe.losses,
             "epoch_seconds": float(np.median(probe.epoch_seconds)) if probe.epoch_seconds else float("nan"),
             "final_loss": probe.losses[-1] if probe.losses else float("nan")}
 
@@ -250,19 +257,20 @@ def run_preset(
     name: str, bank: Tuple[Tensor, Tensor], queries: Tuple[Tensor, Tensor], args: argparse.Namespace,
     data_path: Optional[str],
 ) -> Dict[str, Any]:
-    """Our preset, and with ``--peer`` lightly's implementation of its method from the same seed, params and data."""
+    """One preset's row: our implementation (unless ``--peer-only``) and, with ``--peer`` or ``--peer-only``, lightly's
+    implementation of its method, each from the same seed, params and data."""
     params, recipe = preset_params(name, args, data_path)
     print(f"{name}: short-run recipe applied: {recipe}", flush=True)
-    pl.seed_everything(args.seed, workers=True)
-    row = train_and_probe(name, SelfSupervisedMethod(params), bank, queries, args)
-    row["recipe"] = recipe
-    report(name, row)  # before the peer's run: a run stopped during it keeps ours
-    if args.peer and name in peers.PEERS:
+    row: Dict[str, Any] = dict(preset=name, recipe=recipe, ours=None, peer=None)
+    if not args.peer_only:
         pl.seed_everything(args.seed, workers=True)
-        peer = train_and_probe(f"{name}_peer", peers.PeerMethod(name, params), bank, queries, args,
-                               datamodule=PretrainingDataModule(params))
-        row["peer"] = peer
-        report(f"{name} (lightly)", peer)
+        row["ours"] = train_and_probe(name, SelfSupervisedMethod(params), bank, queries, args)
+        report(name, row["ours"])  # before the peer's run: a run stopped during it keeps ours
+    if (args.peer or args.peer_only) and name in peers.PEERS:
+        pl.seed_everything(args.seed, workers=True)
+        row["peer"] = train_and_probe(f"{name}_peer", peers.PeerMethod(name, params), bank, queries, args,
+                                      datamodule=PretrainingDataModule(params))
+        report(f"{name} (lightly)", row["peer"])
     return row
 
 
@@ -291,10 +299,10 @@ def plot(rows: List[Dict[str, Any]], path: str, random_knn: float) -> None:
     lines = -(-len(rows) // columns)
     fig, axes = plt.subplots(lines, columns, figsize=(3.2 * columns, 2.6 * lines), squeeze=False, sharey=True)
     for ax, row in zip(axes.flat, rows):
-        epochs = range(1, len(row["knn"]) + 1)
-        ax.plot(epochs, row["knn"], marker="o", markersize=3, label="ours")
-        if "peer" in row:
-            ax.plot(epochs, row["peer"]["knn"], marker="s", markersize=3, linestyle="--", label="lightly")
+        for key, label, marker, style in (("ours", "ours", "o", "-"), ("peer", "lightly", "s", "--")):
+            if row[key] is not None:
+                knn = row[key]["knn"]
+                ax.plot(range(1, len(knn) + 1), knn, marker=marker, markersize=3, linestyle=style, label=label)
         ax.axhline(random_knn, color="black", linewidth=0.8, linestyle=":", label="random init")
         ax.set_title(row["preset"], fontsize=9)
         ax.grid(alpha=0.3)
@@ -317,7 +325,7 @@ def write_csv(rows: List[Dict[str, Any]], path: str) -> None:
                          "minutes"])
         for row in rows:
             first = 0 if row["preset"] == "random_init" else 1
-            for implementation, result in (("ours", row), ("lightly", row.get("peer"))):
+            for implementation, result in (("ours", row["ours"]), ("lightly", row["peer"])):
                 if result is None:
                     continue
                 losses = result["losses"] or [float("nan")]
@@ -329,47 +337,48 @@ def write_csv(rows: List[Dict[str, Any]], path: str) -> None:
 
 
 def read_csv(path: str) -> List[Dict[str, Any]]:
-    """The rows of a CSV that :func:`write_csv` wrote (random_init first), as :func:`run_preset` returns them."""
-    results: Dict[Tuple[str, str], Dict[str, Any]] = {}
+    """The rows of a CSV that :func:`write_csv` wrote (random_init first), as :func:`run_preset` returns them (without
+    the recipe, which the CSV does not hold)."""
+    rows: Dict[str, Dict[str, Any]] = {}
     with open(path, newline="") as f:
         for line in csv.DictReader(f):
-            result = results.setdefault((line["preset"], line["implementation"]),
-                                        dict(preset=line["preset"], knn=[], losses=[], linear=float("nan")))
+            row = rows.setdefault(line["preset"], dict(preset=line["preset"], ours=None, peer=None))
+            key = "ours" if line["implementation"] == "ours" else "peer"
+            if row[key] is None:
+                row[key] = dict(knn=[], losses=[], linear=float("nan"))
+            result = row[key]
             result["knn"].append(float(line["knn_acc"]))
             result["losses"].append(float(line["loss"]))
             if line["linear_acc"]:
                 result["linear"] = float(line["linear_acc"])
             result["epoch_seconds"], result["minutes"] = float(line["seconds_per_epoch"]), float(line["minutes"])
-    rows = [result for (_, implementation), result in results.items() if implementation == "ours"]
-    for row in rows:
-        if (row["preset"], "lightly") in results:
-            row["peer"] = results[row["preset"], "lightly"]
-    if not rows or rows[0]["preset"] != "random_init":
+    if not rows or next(iter(rows)) != "random_init":
         raise ValueError(f"{path}: expected a bench_quality.csv whose first rows are the random_init encoder's")
-    return rows
+    return list(rows.values())
 
 
 def merge(paths: Sequence[str]) -> List[Dict[str, Any]]:
     """The rows of several runs' CSVs: one random_init row (every file's must agree: the same split and seed) and
     each preset once. A later file's run replaces an earlier one's implementation by implementation, so a pair can
-    be completed from two runs: a later run of ours alone keeps the earlier file's lightly run of that preset."""
+    be completed from two runs: ours alone (or ``--peer-only``) keeps the other file's other half."""
     runs = [read_csv(path) for path in paths]
-    reference = runs[0][0]
+    reference = runs[0][0]["ours"]
     for path, rows in zip(paths, runs):
-        if (rows[0]["knn"], rows[0]["linear"]) != (reference["knn"], reference["linear"]):
-            raise ValueError(f"{path}: random_init kNN/linear {rows[0]['knn'][-1]}/{rows[0]['linear']} differ from "
+        random = rows[0]["ours"]
+        if (random["knn"], random["linear"]) != (reference["knn"], reference["linear"]):
+            raise ValueError(f"{path}: random_init kNN/linear {random['knn'][-1]}/{random['linear']} differ from "
                              f"{paths[0]}'s {reference['knn'][-1]}/{reference['linear']}: not the same split and seed")
     presets: Dict[str, Dict[str, Any]] = {}
     for rows in runs:
         for row in rows[1:]:
-            earlier = presets.get(row["preset"], {})
-            presets[row["preset"]] = {**row, "peer": earlier["peer"]} if "peer" in earlier and "peer" not in row else row
-    return [reference, *presets.values()]
+            merged = presets.setdefault(row["preset"], dict(preset=row["preset"], ours=None, peer=None))
+            merged.update({key: value for key, value in row.items() if value is not None})
+    return [runs[0][0], *presets.values()]
 
 
 def write_outputs(rows: List[Dict[str, Any]], work_dir: str) -> str:
     """bench_quality.csv, .png and .md in ``work_dir``; returns the markdown table."""
-    random_knn, random_linear = rows[0]["knn"][-1], rows[0]["linear"]
+    random_knn, random_linear = rows[0]["ours"]["knn"][-1], rows[0]["ours"]["linear"]
     os.makedirs(work_dir, exist_ok=True)
     write_csv(rows, os.path.join(work_dir, "bench_quality.csv"))
     plot(rows[1:], os.path.join(work_dir, "bench_quality.png"), random_knn)
@@ -381,20 +390,18 @@ def write_outputs(rows: List[Dict[str, Any]], work_dir: str) -> str:
 
 def table(rows: List[Dict[str, Any]], random_knn: float, random_linear: float) -> str:
     """The markdown table: ours, the peer's where measured, against the random encoder."""
-    def cells(result: Optional[Dict[str, Any]]) -> str:
+    def cells(result: Optional[Dict[str, Any]], random: bool = False) -> str:
         if result is None:
-            return " | | | "
-        return f" {result['knn'][-1]:.1f} | {result['linear']:.1f} | {result['epoch_seconds']:.0f} |"
+            return " | | | | |" if random else " | | |"
+        gains = f" {result['knn'][-1] - random_knn:+.1f} | {result['linear'] - random_linear:+.1f} |" if random else ""
+        return f" {result['knn'][-1]:.1f} | {result['linear']:.1f} |{gains} {result['epoch_seconds']:.0f} |"
 
     out = ["| preset | kNN % | linear % | kNN - random | linear - random | s/epoch | lightly kNN % | lightly linear % "
            "| lightly s/epoch | minutes (ours + lightly) |",
            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows[1:]:
-        peer = row.get("peer")
-        minutes = row["minutes"] + (peer["minutes"] if peer else 0.0)
-        gains = f"{row['knn'][-1] - random_knn:+.1f} | {row['linear'] - random_linear:+.1f}"
-        out.append(f"| {row['preset']} | {row['knn'][-1]:.1f} | {row['linear']:.1f} | {gains} "
-                   f"| {row['epoch_seconds']:.0f} |{cells(peer)} {minutes:.1f} |")
+        minutes = sum(row[key]["minutes"] for key in ("ours", "peer") if row[key] is not None)
+        out.append(f"| {row['preset']} |{cells(row['ours'], random=True)}{cells(row['peer'])} {minutes:.1f} |")
     out.append(f"| random init | {random_knn:.1f} | {random_linear:.1f} | | | | | | | |")
     return "\n".join(out)
 
@@ -418,16 +425,18 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     bank, queries = load_all(bank_set), load_all(query_set)
 
     pl.seed_everything(args.seed, workers=True)
-    rows = [train_and_probe("random_init", SelfSupervisedMethod(base), bank, queries, args, train=False)]
-    random_knn, random_linear = rows[0]["knn"][-1], rows[0]["linear"]
+    random = train_and_probe("random_init", SelfSupervisedMethod(base), bank, queries, args, train=False)
+    rows = [dict(preset="random_init", ours=random, peer=None)]
+    random_knn, random_linear = random["knn"][-1], random["linear"]
     print(f"random_init: kNN {random_knn:.1f}%, linear {random_linear:.1f}%", flush=True)
     for name in args.presets:
         row = run_preset(name, bank, queries, args, subset)
         rows.append(row)
-        if args.budget == "long":
-            epoch = crossing_epoch(row["knn"], random_knn + 2)
-            print(f"{name}: kNN stays at or above random + 2 ({random_knn + 2:.1f}%) from epoch "
-                  f"{epoch if epoch is not None else f'> {args.epochs}'}", flush=True)
+        for label, result in ((name, row["ours"]), (f"{name} (lightly)", row["peer"])):
+            if args.budget == "long" and result is not None:
+                epoch = crossing_epoch(result["knn"], random_knn + 2)
+                print(f"{label}: kNN stays at or above random + 2 ({random_knn + 2:.1f}%) from epoch "
+                      f"{epoch if epoch is not None else f'> {args.epochs}'}", flush=True)
 
     report = write_outputs(rows, args.work_dir)
     print(f"\n{args.encoder_arch} ({'CIFAR' if args.cifar_stem else 'ImageNet'} stem), {args.epochs} epochs on "

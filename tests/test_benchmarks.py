@@ -58,7 +58,7 @@ def test_bench_quality_tiny_image_folder(tmp_path, image_folder):
          "--set", "mlp_hidden_dim=32", "dim=16", "--work-dir", str(work)]
     )
     assert [r["preset"] for r in rows] == ["random_init", "byol"]
-    assert len(rows[1]["knn"]) == 2 and len(rows[1]["losses"]) == 2  # kNN after every epoch
+    assert len(rows[1]["ours"]["knn"]) == 2 and len(rows[1]["ours"]["losses"]) == 2  # kNN after every epoch
     subset = work / "data_seed0_4_2"
     assert len(os.listdir(subset / "train" / "cat")) == 4 and len(os.listdir(subset / "val" / "dog")) == 2
     written = read_csv(str(work / "bench_quality.csv"))
@@ -81,7 +81,7 @@ def test_bench_quality_tiny_image_folder(tmp_path, image_folder):
     fields = byol_lines[0].split(",")
     ours_again.write_text(first.replace(byol_lines[0], ",".join(fields[:3] + ["99.0"] + fields[4:])))
     rows = bench_quality.main(["--merge", str(pair), str(ours_again), "--work-dir", str(merged)])
-    assert rows[1]["knn"][0] == 99.0
+    assert rows[1]["ours"]["knn"][0] == 99.0
     assert rows[1]["peer"]["knn"] == [float(line.split(",")[3]) for line in byol_lines]
     other_split = tmp_path / "other.csv"
     other_split.write_text(first.replace("random_init,ours,0,", "random_init,ours,0,1"))
@@ -98,14 +98,23 @@ def test_bench_quality_peer_column_and_long_budget(tmp_path, image_folder):
          "--train-per-class", "4", "--holdout-per-class", "2", "--batch-size", "4", "--workers", "0",
          "--accelerator", "cpu", "--set", "mlp_hidden_dim=32", "dim=16", "--work-dir", str(work)]
     )
-    ours, peer = rows[1], rows[1]["peer"]
+    ours, peer = rows[1]["ours"], rows[1]["peer"]
     assert len(ours["knn"]) == len(peer["knn"]) == 2 and ours["epoch_seconds"] > 0 and peer["epoch_seconds"] > 0
-    assert "lr 0.05 -> 0.005" in ours["recipe"]  # the short-run recipe is reported
+    assert "lr 0.05 -> 0.005" in rows[1]["recipe"]  # the short-run recipe is reported
     written = read_csv(str(work / "bench_quality.csv"))
     assert [(r["implementation"], r["epoch"]) for r in written[1:]] == [
         ("ours", "1"), ("ours", "2"), ("lightly", "1"), ("lightly", "2")]
     table = (work / "bench_quality.md").read_text()
     assert table.startswith("| preset | kNN %") and "| simsiam |" in table and "| random init |" in table
+
+    # --peer-only reruns the peer's half alone, to the digit: a pair whose peer run was lost can be completed
+    alone = bench_quality.main(
+        ["--data-path", str(image_folder), "--presets", "simsiam", "--peer-only", "--epochs", "2",
+         "--train-per-class", "4", "--holdout-per-class", "2", "--batch-size", "4", "--workers", "0",
+         "--accelerator", "cpu", "--set", "mlp_hidden_dim=32", "dim=16", "--work-dir", str(tmp_path / "alone")]
+    )
+    assert alone[1]["ours"] is None and alone[1]["peer"]["knn"] == peer["knn"]
+    assert alone[1]["peer"]["linear"] == peer["linear"]
 
 
 def test_bench_quality_long_budget_is_one_preset_at_a_time(tmp_path):

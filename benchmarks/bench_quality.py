@@ -50,6 +50,7 @@ except ImportError:  # run as a script: Python puts benchmarks/ itself, not the 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DATA_PATH = os.path.normpath(os.path.join(REPO, "..", "shared", "datasets", "cifar10"))
 BUDGETS = {"default": 4, "long": 16}  # epochs
+IMPLEMENTATIONS = {"ours": "ours", "lightly": "peer"}  # the CSV's implementation column: the row's key
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -255,22 +256,27 @@ def train_and_probe(
 
 def run_preset(
     name: str, bank: Tuple[Tensor, Tensor], queries: Tuple[Tensor, Tensor], args: argparse.Namespace,
-    data_path: Optional[str],
+    data_path: Optional[str], rows: List[Dict[str, Any]],
 ) -> Dict[str, Any]:
-    """One preset's row: our implementation (unless ``--peer-only``) and, with ``--peer`` or ``--peer-only``, lightly's
-    implementation of its method, each from the same seed, params and data."""
+    """One preset's row, appended to ``rows``: our implementation (unless ``--peer-only``) and, with ``--peer`` or
+    ``--peer-only``, lightly's implementation of its method, each from the same seed, params and data. The outputs in
+    ``--work-dir`` are rewritten after each half, so a run stopped during the peer's half keeps ours for ``--merge``
+    to join to a ``--peer-only`` run."""
     params, recipe = preset_params(name, args, data_path)
     print(f"{name}: short-run recipe applied: {recipe}", flush=True)
     row: Dict[str, Any] = dict(preset=name, recipe=recipe, ours=None, peer=None)
+    rows.append(row)
     if not args.peer_only:
         pl.seed_everything(args.seed, workers=True)
         row["ours"] = train_and_probe(name, SelfSupervisedMethod(params), bank, queries, args)
-        report(name, row["ours"])  # before the peer's run: a run stopped during it keeps ours
+        report(name, row["ours"])
+        write_outputs(rows, args.work_dir)
     if (args.peer or args.peer_only) and name in peers.PEERS:
         pl.seed_everything(args.seed, workers=True)
         row["peer"] = train_and_probe(f"{name}_peer", peers.PeerMethod(name, params), bank, queries, args,
                                       datamodule=PretrainingDataModule(params))
         report(f"{name} (lightly)", row["peer"])
+        write_outputs(rows, args.work_dir)
     return row
 
 
@@ -325,7 +331,8 @@ def write_csv(rows: List[Dict[str, Any]], path: str) -> None:
                          "minutes"])
         for row in rows:
             first = 0 if row["preset"] == "random_init" else 1
-            for implementation, result in (("ours", row["ours"]), ("lightly", row["peer"])):
+            for implementation, key in IMPLEMENTATIONS.items():
+                result = row[key]
                 if result is None:
                     continue
                 losses = result["losses"] or [float("nan")]
@@ -343,7 +350,10 @@ def read_csv(path: str) -> List[Dict[str, Any]]:
     with open(path, newline="") as f:
         for line in csv.DictReader(f):
             row = rows.setdefault(line["preset"], dict(preset=line["preset"], ours=None, peer=None))
-            key = "ours" if line["implementation"] == "ours" else "peer"
+            key = IMPLEMENTATIONS.get(line["implementation"])
+            if key is None:
+                raise ValueError(f"{path}: implementation {line['implementation']!r}; expected one of "
+                                 f"{', '.join(IMPLEMENTATIONS)}")
             if row[key] is None:
                 row[key] = dict(knn=[], losses=[], linear=float("nan"))
             result = row[key]
@@ -364,10 +374,11 @@ def merge(paths: Sequence[str]) -> List[Dict[str, Any]]:
     runs = [read_csv(path) for path in paths]
     reference = runs[0][0]["ours"]
     for path, rows in zip(paths, runs):
-        random = rows[0]["ours"]
-        if (random["knn"], random["linear"]) != (reference["knn"], reference["linear"]):
-            raise ValueError(f"{path}: random_init kNN/linear {random['knn'][-1]}/{random['linear']} differ from "
-                             f"{paths[0]}'s {reference['knn'][-1]}/{reference['linear']}: not the same split and seed")
+        random_init = rows[0]["ours"]
+        if (random_init["knn"], random_init["linear"]) != (reference["knn"], reference["linear"]):
+            raise ValueError(f"{path}: random_init kNN/linear {random_init['knn'][-1]}/{random_init['linear']} "
+                             f"differ from {paths[0]}'s {reference['knn'][-1]}/{reference['linear']}: not the same "
+                             "split and seed")
     presets: Dict[str, Dict[str, Any]] = {}
     for rows in runs:
         for row in rows[1:]:
@@ -390,18 +401,19 @@ def write_outputs(rows: List[Dict[str, Any]], work_dir: str) -> str:
 
 def table(rows: List[Dict[str, Any]], random_knn: float, random_linear: float) -> str:
     """The markdown table: ours, the peer's where measured, against the random encoder."""
-    def cells(result: Optional[Dict[str, Any]], random: bool = False) -> str:
+    def cells(result: Optional[Dict[str, Any]], with_gains: bool = False) -> str:
         if result is None:
-            return " | | | | |" if random else " | | |"
-        gains = f" {result['knn'][-1] - random_knn:+.1f} | {result['linear'] - random_linear:+.1f} |" if random else ""
-        return f" {result['knn'][-1]:.1f} | {result['linear']:.1f} |{gains} {result['epoch_seconds']:.0f} |"
+            return " | | | | |" if with_gains else " | | |"
+        knn, linear = result["knn"][-1], result["linear"]
+        gains = f" {knn - random_knn:+.1f} | {linear - random_linear:+.1f} |" if with_gains else ""
+        return f" {knn:.1f} | {linear:.1f} |{gains} {result['epoch_seconds']:.0f} |"
 
     out = ["| preset | kNN % | linear % | kNN - random | linear - random | s/epoch | lightly kNN % | lightly linear % "
            "| lightly s/epoch | minutes (ours + lightly) |",
            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows[1:]:
         minutes = sum(row[key]["minutes"] for key in ("ours", "peer") if row[key] is not None)
-        out.append(f"| {row['preset']} |{cells(row['ours'], random=True)}{cells(row['peer'])} {minutes:.1f} |")
+        out.append(f"| {row['preset']} |{cells(row['ours'], with_gains=True)}{cells(row['peer'])} {minutes:.1f} |")
     out.append(f"| random init | {random_knn:.1f} | {random_linear:.1f} | | | | | | | |")
     return "\n".join(out)
 
@@ -425,20 +437,19 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     bank, queries = load_all(bank_set), load_all(query_set)
 
     pl.seed_everything(args.seed, workers=True)
-    random = train_and_probe("random_init", SelfSupervisedMethod(base), bank, queries, args, train=False)
-    rows = [dict(preset="random_init", ours=random, peer=None)]
-    random_knn, random_linear = random["knn"][-1], random["linear"]
+    random_init = train_and_probe("random_init", SelfSupervisedMethod(base), bank, queries, args, train=False)
+    rows = [dict(preset="random_init", ours=random_init, peer=None)]
+    random_knn, random_linear = random_init["knn"][-1], random_init["linear"]
     print(f"random_init: kNN {random_knn:.1f}%, linear {random_linear:.1f}%", flush=True)
     for name in args.presets:
-        row = run_preset(name, bank, queries, args, subset)
-        rows.append(row)
+        row = run_preset(name, bank, queries, args, subset, rows)
         for label, result in ((name, row["ours"]), (f"{name} (lightly)", row["peer"])):
             if args.budget == "long" and result is not None:
                 epoch = crossing_epoch(result["knn"], random_knn + 2)
                 print(f"{label}: kNN stays at or above random + 2 ({random_knn + 2:.1f}%) from epoch "
                       f"{epoch if epoch is not None else f'> {args.epochs}'}", flush=True)
 
-    report = write_outputs(rows, args.work_dir)
+    report = table(rows, random_knn, random_linear)  # run_preset wrote the outputs
     print(f"\n{args.encoder_arch} ({'CIFAR' if args.cifar_stem else 'ImageNet'} stem), {args.epochs} epochs on "
           f"{len(bank[1])} images of {source}, batch {args.batch_size}; kNN (k=200, T=0.1) and "
           f"linear probe on {len(queries[1])} held-out images. Outputs in {args.work_dir}\n")

@@ -115,6 +115,8 @@ def test_bench_quality_peer_column_and_long_budget(tmp_path, image_folder):
     )
     assert alone[1]["ours"] is None and alone[1]["peer"]["knn"] == peer["knn"]
     assert alone[1]["peer"]["linear"] == peer["linear"]
+    assert "| simsiam | | | | | | " in (tmp_path / "alone" / "bench_quality.md").read_text()  # ours' cells empty
+    assert {r["implementation"] for r in read_csv(str(tmp_path / "alone" / "bench_quality.csv"))[1:]} == {"lightly"}
 
 
 def test_bench_quality_long_budget_is_one_preset_at_a_time(tmp_path):

@@ -53,6 +53,11 @@ BUDGETS = {"default": 4, "long": 16}  # epochs
 IMPLEMENTATIONS = {"ours": "ours", "lightly": "peer"}  # the CSV's implementation column: the row's key
 
 
+def new_row(preset: str, **halves: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """A table row: the preset and the result of each implementation (None until measured)."""
+    return {"preset": preset, **{key: None for key in IMPLEMENTATIONS.values()}, **halves}
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
@@ -264,7 +269,7 @@ def run_preset(
     to join to a ``--peer-only`` run."""
     params, recipe = preset_params(name, args, data_path)
     print(f"{name}: short-run recipe applied: {recipe}", flush=True)
-    row: Dict[str, Any] = dict(preset=name, recipe=recipe, ours=None, peer=None)
+    row = {**new_row(name), "recipe": recipe}
     rows.append(row)
     if not args.peer_only:
         pl.seed_everything(args.seed, workers=True)
@@ -305,7 +310,7 @@ def plot(rows: List[Dict[str, Any]], path: str, random_knn: float) -> None:
     lines = -(-len(rows) // columns)
     fig, axes = plt.subplots(lines, columns, figsize=(3.2 * columns, 2.6 * lines), squeeze=False, sharey=True)
     for ax, row in zip(axes.flat, rows):
-        for key, label, marker, style in (("ours", "ours", "o", "-"), ("peer", "lightly", "s", "--")):
+        for (label, key), (marker, style) in zip(IMPLEMENTATIONS.items(), (("o", "-"), ("s", "--"))):
             if row[key] is not None:
                 knn = row[key]["knn"]
                 ax.plot(range(1, len(knn) + 1), knn, marker=marker, markersize=3, linestyle=style, label=label)
@@ -349,7 +354,7 @@ def read_csv(path: str) -> List[Dict[str, Any]]:
     rows: Dict[str, Dict[str, Any]] = {}
     with open(path, newline="") as f:
         for line in csv.DictReader(f):
-            row = rows.setdefault(line["preset"], dict(preset=line["preset"], ours=None, peer=None))
+            row = rows.setdefault(line["preset"], new_row(line["preset"]))
             key = IMPLEMENTATIONS.get(line["implementation"])
             if key is None:
                 raise ValueError(f"{path}: implementation {line['implementation']!r}; expected one of "
@@ -382,7 +387,7 @@ def merge(paths: Sequence[str]) -> List[Dict[str, Any]]:
     presets: Dict[str, Dict[str, Any]] = {}
     for rows in runs:
         for row in rows[1:]:
-            merged = presets.setdefault(row["preset"], dict(preset=row["preset"], ours=None, peer=None))
+            merged = presets.setdefault(row["preset"], new_row(row["preset"]))
             merged.update({key: value for key, value in row.items() if value is not None})
     return [runs[0][0], *presets.values()]
 
@@ -412,7 +417,7 @@ def table(rows: List[Dict[str, Any]], random_knn: float, random_linear: float) -
            "| lightly s/epoch | minutes (ours + lightly) |",
            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows[1:]:
-        minutes = sum(row[key]["minutes"] for key in ("ours", "peer") if row[key] is not None)
+        minutes = sum(row[key]["minutes"] for key in IMPLEMENTATIONS.values() if row[key] is not None)
         out.append(f"| {row['preset']} |{cells(row['ours'], with_gains=True)}{cells(row['peer'])} {minutes:.1f} |")
     out.append(f"| random init | {random_knn:.1f} | {random_linear:.1f} | | | | | | | |")
     return "\n".join(out)
@@ -438,7 +443,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
 
     pl.seed_everything(args.seed, workers=True)
     random_init = train_and_probe("random_init", SelfSupervisedMethod(base), bank, queries, args, train=False)
-    rows = [dict(preset="random_init", ours=random_init, peer=None)]
+    rows = [new_row("random_init", ours=random_init)]
     random_knn, random_linear = random_init["knn"][-1], random_init["linear"]
     print(f"random_init: kNN {random_knn:.1f}%, linear {random_linear:.1f}%", flush=True)
     for name in args.presets:

@@ -17,7 +17,7 @@ keys of a 10,000-image run would be up to 6 epochs old), and ``model_params.shor
 presets' warmups, prototype freezing and EMA momentum to fit ``--epochs`` and gives the SGD presets a tenth of their
 peak lr (``--paper-schedules`` keeps them all); everything else is the preset's.
 
-Example (the table in the benchmarks issue's closing note; about 40 minutes on a 2-core CPU):
+Example (the default-run table in docs/benchmarks.md; 44 minutes on a 2-core CPU with AVX-512):
     python benchmarks/bench_quality.py
 """
 

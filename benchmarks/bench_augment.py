@@ -42,7 +42,6 @@ import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import attr
-import kornia.augmentation as K
 import numpy as np
 import pytorch_lightning as pl
 import torch
@@ -121,15 +120,20 @@ def trainer(epochs: int, callbacks: Sequence[pl.Callback], **kwargs: Any) -> pl.
 # augment: the augmentation of one batch, without a model
 # ---------------------------------------------------------------------------------------------------------------------
 
-def kornia_views(params: ModelParams, jitter: type) -> Callable[[Tensor], List[Tensor]]:
-    """Two SimCLR views of a uint8 batch with kornia.augmentation (``jitter``: K.ColorJitter or K.ColorJiggle)."""
+def kornia_views(params: ModelParams, jitter: str) -> Callable[[Tensor], List[Tensor]]:
+    """Two SimCLR views of a uint8 batch with kornia.augmentation (``jitter``: "ColorJitter" or "ColorJiggle")."""
+    try:
+        import kornia.augmentation as K  # the bench extra, needed by this part only
+    except ImportError as error:
+        raise SystemExit(f"the augment part compares kornia, which is not installed ({error}): "
+                         "pip install -e .[bench]") from error
     info = data.dataset_info(params)
     crop = data.crop_size(params)
     settings = data.photometric_settings(params)[0][0]
     pipeline = K.AugmentationSequential(
         K.RandomResizedCrop((crop, crop), scale=params.global_crop_scale),
         K.RandomHorizontalFlip(),
-        jitter(*settings.jitter, p=data.JITTER_P),
+        getattr(K, jitter)(*settings.jitter, p=data.JITTER_P),
         K.RandomGrayscale(p=data.GRAYSCALE_P),
         K.RandomGaussianBlur((data.blur_kernel_size(crop),) * 2, data.BLUR_SIGMA, p=settings.blur_p),
         K.Normalize(torch.tensor(info.mean), torch.tensor(info.std)),
@@ -154,8 +158,8 @@ def augment_part(data_path: str, args: argparse.Namespace) -> Dict[str, List[Row
     implementations = {
         "PIL, per image (main process)": lambda: [torch.stack([view(i) for i in images]) for view in pil_views],
         "batched (selfsup.data.batched)": functools.partial(batch_views, batch),
-        "kornia, ColorJitter (torchvision semantics)": functools.partial(kornia_views(params, K.ColorJitter), batch),
-        "kornia, ColorJiggle": functools.partial(kornia_views(params, K.ColorJiggle), batch),
+        "kornia, ColorJitter (torchvision semantics)": functools.partial(kornia_views(params, "ColorJitter"), batch),
+        "kornia, ColorJiggle": functools.partial(kornia_views(params, "ColorJiggle"), batch),
     }
     best = {name: float("inf") for name in implementations}
     for function in implementations.values():
@@ -209,7 +213,7 @@ def throughput_part(data_path: str, args: argparse.Namespace) -> Dict[str, List[
         fields = dict(augmentation_backend="pil" if backend == "pil" else "batched", num_data_workers=workers)
         model = SelfSupervisedMethod(simclr_params(data_path, args, max_epochs=args.rounds, **fields))
         if backend == "no augmentation":
-            model.batch_views = NormalizeOnly(model.params)
+            model.datamodule.batch_views = NormalizeOnly(model.params)
         models[backend, workers] = model
     steps: Dict[Any, List[float]] = {key: [] for key in models}
     for _ in range(args.rounds):

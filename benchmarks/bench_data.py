@@ -26,7 +26,8 @@ from torch import nn
 from torch.utils.data import Subset
 
 from selfsup import data
-from selfsup.config import TRANSFORM_TYPES, ModelParams
+from selfsup.config import ModelParams
+from selfsup.data.views import TRANSFORM_TYPES
 from selfsup.train.pipeline import pretrain_datasets
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

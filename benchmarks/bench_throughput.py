@@ -101,13 +101,15 @@ class StepTimer(pl.Callback):
 
 
 class FullQueue(pl.Callback):
-    """Fills the key queue before the first step: the queue starts empty, and a run of a few steps would otherwise
-    time the loss against a fraction of its K negatives instead of the steady state."""
+    """Fills the method's memory (a queue of keys) before the first step: it starts empty, and a run of a few steps
+    would otherwise time the loss against a fraction of its K negatives instead of the steady state."""
 
     def on_train_start(self, trainer: pl.Trainer, module: SelfSupervisedMethod) -> None:
-        if module.queue is not None:
-            dim, size = module.queue.keys.shape
-            module.queue.enqueue(torch.nn.functional.normalize(torch.randn(size, dim, device=module.device), dim=1))
+        memory = getattr(module.step, "memory", None)
+        if memory is not None:
+            slots, size, dim = memory.rows.shape
+            rows = torch.nn.functional.normalize(torch.randn(size, dim, device=module.device), dim=1)
+            memory.write([rows] * (max(memory.views) + 1))  # the same unit rows for each of its views
 
 
 def bench_params(name: str, args: argparse.Namespace) -> ModelParams:
@@ -170,19 +172,19 @@ def required_compute_seconds(
     projection and prediction MLPs; target: encoder and projection), otherwise the encoder alone."""
     device = torch.device("cuda" if args.accelerator == "gpu" else "cpu")
     online_encoder = copy.deepcopy(model.model).to(device)  # same architecture, stem and memory format
-    projection = copy.deepcopy(model.projection_model).to(device) if heads else torch.nn.Identity()
-    prediction = copy.deepcopy(model.prediction_model).to(device) if heads else torch.nn.Identity()
+    projection = copy.deepcopy(model.step.projection).to(device) if heads else torch.nn.Identity()
+    prediction = copy.deepcopy(model.step.prediction).to(device) if heads else torch.nn.Identity()
     target_encoder = copy.deepcopy(model.model).to(device).requires_grad_(False)
     target_projection = copy.deepcopy(projection).requires_grad_(False)
     shapes = view_shapes(params)
     views = [torch.randn(args.batch_size, *shape, device=device) for shape in shapes]
-    query_views = model.query_views
-    target_views = model.target.key_views if params.use_lagging_model else []
+    query_views = model.step.query_views
+    target_views = model.step.target.key_views if params.use_lagging_model else []
 
     def step() -> None:
         online_encoder.zero_grad(set_to_none=True)
-        embeddings = encode_views(online_encoder, [views[i] for i in model.online_views])
-        projections = dict(zip(model.online_views, projection(torch.cat(embeddings)).chunk(len(embeddings))))
+        embeddings = encode_views(online_encoder, [views[i] for i in model.step.online_views])
+        projections = dict(zip(model.step.online_views, projection(torch.cat(embeddings)).chunk(len(embeddings))))
         queries = prediction(torch.cat([projections[i] for i in query_views]))
         queries.square().mean().backward()
         if target_views:
@@ -235,8 +237,8 @@ def measure_preset(name: str, args: argparse.Namespace) -> Dict[str, Any]:
     return {
         "preset": name,
         "views": "+".join(f"{s[1]}px" for s in shapes),
-        "online_views": len(probe.online_views),
-        "target_views": len(probe.target.key_views) if params.use_lagging_model else 0,
+        "online_views": len(probe.step.online_views),
+        "target_views": len(probe.step.target.key_views) if params.use_lagging_model else 0,
         "framework_images_per_s": args.batch_size / framework_step,
         "required_images_per_s": args.batch_size / network_step,
         "framework_step_ms": 1000 * framework_step,

@@ -57,7 +57,7 @@ from torch.utils.data import Dataset
 
 from selfsup import BYOLParams, MoCoV2Params, SelfSupervisedMethod, SimCLRParams, data
 from selfsup.config import ModelParams
-from selfsup.dist import collectives, sync_batchnorm
+from selfsup.distributed import collectives, sync_batchnorm
 from selfsup.nn.target import MomentumTarget, encode_views
 from selfsup.train.pipeline import batch_views
 
@@ -361,8 +361,8 @@ def compile_encoders(model: SelfSupervisedMethod, backend: str) -> None:
     """torch.compile of the online encoder and of the momentum encoder, in place (nn.Module.compile), so that
     parameter names, the optimizer's groups and the EMA's pairing of parameters stay those of the plain modules."""
     model.model.compile(backend=backend)
-    if isinstance(model.target, MomentumTarget):
-        model.target.encoder.compile(backend=backend)
+    if isinstance(model.step.target, MomentumTarget):
+        model.step.target.encoder.compile(backend=backend)
 
 
 def compile_counts() -> Tuple[int, int]:
@@ -420,8 +420,8 @@ def backbone_seconds(model: SelfSupervisedMethod, views: Sequence[Tensor], preci
     """Forward + backward of the model's own encoder on the views its online network sees, and the no-grad forward
     of its momentum encoder on the key views (as MomentumTarget, one batch), under the step's autocast."""
     encoder = model.model
-    online = [views[i] for i in model.online_views]
-    momentum = model.target if isinstance(model.target, MomentumTarget) else None
+    online = [views[i] for i in model.step.online_views]
+    momentum = model.step.target if isinstance(model.step.target, MomentumTarget) else None
     keys = torch.cat([views[i] for i in momentum.key_views]) if momentum is not None else None
 
     def step() -> None:

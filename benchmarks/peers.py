@@ -19,10 +19,10 @@ from pytorch_lightning.utilities.types import OptimizerLRSchedulerConfig
 from torch import Tensor, nn
 
 from selfsup import data
-from selfsup.config.fields import ModelParams
+from selfsup.config import ModelParams
 from selfsup.nn.backbones import get_encoder, use_channels_last, with_representation
 from selfsup.nn.target import MomentumSchedule
-from selfsup.train.optimization import optimizer_and_schedule
+from selfsup.optim.optimizers import optimizer_and_schedule
 from selfsup.train.pipeline import pretraining_data
 
 try:

@@ -2,10 +2,11 @@
 
     from selfsup import BYOLParams, SelfSupervisedMethod, LinearClassifierMethod
 
-Folders: ``config`` (fields, presets, recipes), ``methods`` (one file per method family, registered by loss_type),
-``nn`` (encoders, heads, target network, queue), ``data`` (datasets, views, loaders), ``optim`` (LARS, schedules,
-parameter groups), ``dist`` (collectives, shuffle-BN, SyncBatchNorm), ``eval`` (probes, linear probe), ``train``
-(the LightningModule and long-run callbacks), ``cli`` (command lines); docs/architecture.md maps them.
+Layers, bottom to top: ``options`` (declaring a field), ``distributed`` (collectives, shuffle-BN, SyncBatchNorm),
+``nn`` (encoders, heads, target network, memory), ``optim`` (LARS, schedules, parameter groups), ``data`` (datasets,
+views, loaders), ``methods`` (one file per method family, registered by loss_type), ``config`` (ModelParams,
+presets, recipes), ``eval`` (probes, linear probe), ``train`` (the LightningModule and long-run callbacks), ``cli``
+(command lines); docs/architecture.md maps them.
 """
 
 import importlib

@@ -137,9 +137,9 @@ def test_bench_quality_rejects_too_small_classes(tmp_path, image_folder):
 
 def test_bench_throughput_times_a_full_queue():
     model = SelfSupervisedMethod(tiny(MoCoV2Params))
-    assert model.queue.memory().shape[1] == 0  # a new queue is empty...
+    assert model.step.memory.read().shape[1] == 0  # a new queue is empty...
     bench_throughput.FullQueue().on_train_start(None, model)
-    assert model.queue.memory().shape[1] == model.params.K  # ...and the benchmark times the steady state
+    assert model.step.memory.read().shape[1] == model.params.K  # ...and the benchmark times the steady state
 
 
 def test_bench_decode_tiny(tmp_path):

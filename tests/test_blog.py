@@ -25,7 +25,8 @@ def test_each_configuration_is_the_blog_variant(config):
         "xent": (None, None),
     }
     assert heads == expected[config]
-    assert params.loss_type == ("ce" if config == "xent" else "ip") and params.uses_queue == (config == "xent")
+    assert params.loss_type == ("contrastive" if config == "xent" else "byol")
+    assert params.uses_queue == (config == "xent")
     assert params.optimizer_name == "sgd" and params.prediction_mlp_layers == params.projection_mlp_layers == 2
     assert isinstance(params, ModelParams) and params.batch_size == TINY["batch_size"]
 

@@ -55,7 +55,7 @@ def test_flags_override_the_config_file_and_the_preset_in_their_order(tmp_path):
     parser = train.build_parser()
     config = train.parse(parser, ["--config", str(tmp_path / "run.yaml"), "--lr", "0.7"])
     params = train.params_from_config(config)
-    assert params.lr == 0.7 and params.loss_type == "ip"  # the file's preset, the flag's lr
+    assert params.lr == 0.7 and params.loss_type == "byol"  # the file's preset, the flag's lr
     # the fields a preset derives follow the fields given: MoCo v3's loss factor is 2T
     derived = train.params_from_config(train.parse(parser, ["--preset", "moco_v3", "--T", "0.5"]))
     assert derived == MoCoV3Params(T=0.5) and derived.loss_constant_factor == 1.0

@@ -1,4 +1,4 @@
-"""Stateful helpers step by step: queue, EMA, schedules, parameter groups."""
+"""Stateful helpers step by step: memory (queue), EMA, schedules, parameter groups."""
 
 import math
 
@@ -9,48 +9,78 @@ from torch import nn
 from selfsup.config import BYOLParams
 from selfsup.eval import probes
 from selfsup.nn import heads
-from selfsup.nn.queue import Queue
+from selfsup.nn.memory import Memory, check_length
 from selfsup.nn.target import MomentumSchedule, MomentumTarget, ema_update_
 from selfsup.optim.groups import parameter_groups
 from selfsup.optim.schedules import WarmupCosineSchedule
 from selfsup.train.module import SelfSupervisedMethod
 
 
-def test_queue_enqueue_and_wrap_around_by_exact_columns():
-    queue = Queue(dim=3, size=6)
-    batches = [torch.full((2, 3), float(i)) + torch.arange(2.0)[:, None] / 10 for i in range(1, 5)]
+def _rows(*values: float, dim: int = 3) -> torch.Tensor:
+    return torch.tensor(values)[:, None].expand(-1, dim)
+
+
+def test_memory_writes_and_wraps_around_by_exact_rows():
+    memory = Memory(dim=3, size=6, views=[1], field="K")
+    batches = [_rows(i, i + 0.1) for i in range(1, 5)]
     for batch in batches[:3]:
-        queue.enqueue(batch)
-    assert queue.ptr.item() == 0  # 3 batches of 2 fill 6 columns exactly
-    for column, value in enumerate([1.0, 1.1, 2.0, 2.1, 3.0, 3.1]):
-        assert torch.equal(queue.keys[:, column], torch.full((3,), value))
-    queue.enqueue(batches[3])  # wraps: overwrites the oldest two columns
-    assert queue.ptr.item() == 2
-    assert queue.keys[0].tolist() == pytest.approx([4.0, 4.1, 2.0, 2.1, 3.0, 3.1])
+        memory.write([None, batch])  # only view 1 enters the memory
+    assert memory.ptr.item() == 0  # 3 batches of 2 fill 6 rows exactly
+    for row, value in enumerate([1.0, 1.1, 2.0, 2.1, 3.0, 3.1]):
+        assert torch.equal(memory.rows[0, row], torch.full((3,), value))
+    memory.write([None, batches[3]])  # wraps: overwrites the oldest two rows
+    assert memory.ptr.item() == 2
+    assert memory.rows[0, :, 0].tolist() == pytest.approx([4.0, 4.1, 2.0, 2.1, 3.0, 3.1])
 
 
-def test_queue_wraps_within_a_batch():
-    queue = Queue(dim=1, size=4)
-    queue.enqueue(torch.tensor([[1.0], [2.0], [3.0]]))
-    queue.enqueue(torch.tensor([[4.0], [5.0], [6.0]]))
-    assert queue.keys[0].tolist() == [5.0, 6.0, 3.0, 4.0] and queue.ptr.item() == 2
+def test_memory_wraps_within_a_batch():
+    memory = Memory(dim=1, size=4, views=[0], field="K")
+    memory.write([_rows(1, 2, 3, dim=1)])
+    memory.write([_rows(4, 5, 6, dim=1)])
+    assert memory.rows[0, :, 0].tolist() == [5.0, 6.0, 3.0, 4.0] and memory.ptr.item() == 2
 
 
-def test_queue_memory_holds_only_enqueued_keys_and_survives_a_state_dict_round_trip():
-    queue = Queue(dim=2, size=5)
-    assert queue.memory().shape == (2, 0)  # empty: no random negatives
-    queue.enqueue(torch.tensor([[1.0, 0.0], [2.0, 0.0]]))
-    assert queue.memory().tolist() == [[1.0, 2.0], [0.0, 0.0]]
-    queue.enqueue(torch.tensor([[3.0, 0.0], [4.0, 0.0]]))
-    queue.enqueue(torch.tensor([[5.0, 0.0], [6.0, 0.0]]))  # fills and wraps: 6 overwrites 1
-    assert queue.memory() is queue.keys and queue.memory()[0].tolist() == [6.0, 2.0, 3.0, 4.0, 5.0]
-    assert set(queue.state_dict()) == {"keys", "ptr", "filled"}
+def test_memory_reads_only_written_rows_and_survives_a_state_dict_round_trip():
+    memory = Memory(dim=2, size=5, views=[0], field="K")
+    assert memory.read().shape == (1, 0, 2)  # empty: no random negatives
+    memory.write([torch.tensor([[1.0, 0.0], [2.0, 0.0]])])
+    assert memory.read()[0].tolist() == [[1.0, 0.0], [2.0, 0.0]]
+    memory.write([torch.tensor([[3.0, 0.0], [4.0, 0.0]])])
+    memory.write([torch.tensor([[5.0, 0.0], [6.0, 0.0]])])  # fills and wraps: 6 overwrites 1
+    assert memory.read() is memory.rows and memory.read()[0, :, 0].tolist() == [6.0, 2.0, 3.0, 4.0, 5.0]
+    assert set(memory.state_dict()) == {"rows", "ptr", "filled"}
 
-    partial = Queue(dim=2, size=5)
-    partial.enqueue(torch.ones(3, 2))
-    restored = Queue(dim=2, size=5)
+    partial = Memory(dim=2, size=5, views=[0], field="K")
+    partial.write([torch.ones(3, 2)])
+    restored = Memory(dim=2, size=5, views=[0], field="K")
     restored.load_state_dict(partial.state_dict())
-    assert restored.memory().shape == (2, 3) and int(restored.ptr) == 3
+    assert restored.read().shape == (1, 3, 2) and int(restored.ptr) == 3
+
+
+def test_memory_slots_start_epoch_and_whole_reads():
+    """SwAV's use: one slot per view, written from its start epoch on, read only once full."""
+    memory = Memory(dim=1, size=4, views=[0, 1], field="swav_queue_length", start_epoch=2, whole=True)
+    memory.set_epoch(1)
+    memory.write([_rows(1, 2, dim=1), _rows(-1, -2, dim=1)])
+    assert memory.read() is None and int(memory.filled) == 0  # before its start epoch it neither reads nor writes
+    memory.set_epoch(2)
+    memory.write([_rows(1, 2, dim=1), _rows(-1, -2, dim=1)])
+    assert memory.read() is None  # half full
+    memory.write([_rows(3, 4, dim=1), _rows(-3, -4, dim=1)])
+    assert memory.read()[:, :, 0].tolist() == [[1.0, 2.0, 3.0, 4.0], [-1.0, -2.0, -3.0, -4.0]]
+
+
+def test_memory_length_rules_name_their_field():
+    with pytest.raises(ValueError, match=r"ModelParams\.K: memory length 10 must be a multiple of batch_size 4"):
+        check_length("K", 10, 4)
+    with pytest.raises(ValueError, match=r"ModelParams\.K: got 0"):
+        check_length("K", 0, 4)
+    gathering = Memory(dim=1, size=12, views=[0], field="swav_queue_length", gather=True)
+    gathering.check_global_batch(4, 3)
+    with pytest.raises(ValueError, match=r"swav_queue_length: 12 must be a multiple of the global batch 8"):
+        gathering.check_global_batch(4, 2)
+    with pytest.warns(UserWarning, match="rank 0's rows only"):
+        Memory(dim=1, size=12, views=[0], field="K").check_global_batch(4, 2)
 
 
 def test_ema_update_m0_copies_m1_keeps_and_one_step_by_hand():
@@ -109,18 +139,18 @@ def test_byol_preset_excludes_every_bias_and_norm_parameter_by_identity():
         model.model.bn1.bias,
         model.model.layer2[0].downsample[1].weight,
         model.model.layer2[0].downsample[1].bias,
-        model.projection_model.net[1].weight,
-        model.projection_model.net[0].bias,
-        model.prediction_model.net[1].weight,
-        model.prediction_model.net[3].bias,
+        model.step.projection.net[1].weight,
+        model.step.projection.net[0].bias,
+        model.step.prediction.net[1].weight,
+        model.step.prediction.net[3].bias,
     ]
     assert all(id(p) in excluded_ids for p in must_exclude)
     regular_ids = {id(p) for p in regular["params"]}
-    assert id(model.model.conv1.weight) in regular_ids and id(model.projection_model.net[0].weight) in regular_ids
+    assert id(model.model.conv1.weight) in regular_ids and id(model.step.projection.net[0].weight) in regular_ids
     assert excluded["weight_decay"] == 0.0 and not excluded["use_lars"] and regular["use_lars"]
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert len(regular_ids) + len(excluded_ids) == len(trainable)  # target (EMA) parameters are never optimized
-    assert not any(id(p) in regular_ids | excluded_ids for p in model.target.parameters())
+    assert not any(id(p) in regular_ids | excluded_ids for p in model.step.target.parameters())
 
 
 def test_name_substring_exclusion_is_kept_for_compatibility():

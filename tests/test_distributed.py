@@ -29,14 +29,12 @@ import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from helpers import cpu_trainer
+from helpers import build_criterion, cpu_trainer
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from selfsup import dist as selfsup_dist
+from selfsup import distributed as selfsup_dist
 from selfsup.config import ModelParams, SimCLRParams, VICRegParams
-from selfsup.methods import build_criterion
-from selfsup.methods.base import identity
 from selfsup.nn.batchrenorm import BatchRenorm1d
 from selfsup.nn.target import MomentumTarget
 from selfsup.train.module import SelfSupervisedMethod
@@ -298,9 +296,10 @@ class StepRecorder(pl.Callback):
         self.grads.append({n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None})
 
     def on_after_backward(self, trainer: pl.Trainer, module: Any) -> None:
-        if module.queue is not None:
-            self.enqueued.append(module._step_keys[module.enqueued_view].detach().clone())
-            self.queues_read.append(module.queue.keys.clone())  # what this step's loss read
+        memory = module.step.memory
+        if memory is not None:
+            self.enqueued.append(module._step_output.step.keys[memory.views[0]].detach().clone())
+            self.queues_read.append(memory.rows[0].T.clone())  # what this step's loss read, as [D, K] columns
 
     def on_train_batch_end(self, trainer: pl.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.losses.append(outputs["loss"].detach().clone())
@@ -327,7 +326,8 @@ def lightning_job(rank: int, checkpoint_dir: str) -> Dict[str, Any]:
     fitted = trainer(WORLD_SIZE, (recorder,), limit_val_batches=0)
     fitted.fit(moco)
     fitted.save_checkpoint(os.path.join(checkpoint_dir, "ddp.ckpt"))
-    out["queue"] = {"enqueued": recorder.enqueued, "keys": moco.queue.keys.clone(), "ptr": int(moco.queue.ptr)}
+    memory = moco.step.memory
+    out["queue"] = {"enqueued": recorder.enqueued, "keys": memory.rows[0].T.clone(), "ptr": int(memory.ptr)}
     out["queue"]["read"] = recorder.queues_read
     out["state"] = {name: t.clone() for name, t in moco.state_dict().items()}
 
@@ -433,7 +433,7 @@ def test_gathered_queue_is_identical_on_every_rank_and_holds_all_keys_in_rank_or
 def test_without_gathering_every_rank_reads_rank_0s_queue_and_fit_warns(lightning):
     queues = [out["local queue"] for out in lightning]
     for queue in queues:
-        assert any("gather_keys_for_queue=False with 2 processes" in message for message in queue["warnings"])
+        assert any("gather_keys_for_queue=False) with 2 processes" in message for message in queue["warnings"])
     read_at_second_step = [queue["read"][1] for queue in queues]
     torch.testing.assert_close(read_at_second_step[0], read_at_second_step[1], rtol=0, atol=0)
     torch.testing.assert_close(read_at_second_step[1][:, :LOCAL_BATCH], queues[0]["enqueued"][0].T, rtol=0, atol=0)
@@ -487,10 +487,10 @@ def test_sync_batch_norm_field_converts_the_chosen_modules_and_the_ema_copy():
         return any(isinstance(m, selfsup_dist.SyncBatchNorm) for m in module.modules())
 
     heads = SelfSupervisedMethod(ModelParams(**params, sync_batch_norm="heads"), backbone=backbone(True))
-    assert synchronized(heads.projection_model) and synchronized(heads.target.projection)
-    assert not synchronized(heads.model) and not synchronized(heads.target.encoder)
+    assert synchronized(heads.step.projection) and synchronized(heads.step.target.projection)
+    assert not synchronized(heads.model) and not synchronized(heads.step.target.encoder)
     everything = SelfSupervisedMethod(ModelParams(**params, sync_batch_norm="all"), backbone=backbone(True))
-    assert synchronized(everything.model) and synchronized(everything.target.encoder)
+    assert synchronized(everything.model) and synchronized(everything.step.target.encoder)
     plain = SelfSupervisedMethod(ModelParams(**params), backbone=backbone(True))
     assert not synchronized(plain)
     plain.load_state_dict(everything.state_dict())  # checkpoints move freely between the settings
@@ -498,11 +498,11 @@ def test_sync_batch_norm_field_converts_the_chosen_modules_and_the_ema_copy():
 
 def test_gather_fields_resolve_to_the_gather_or_the_identity():
     local = build_criterion(SimCLRParams(gather_negatives_across_devices=False))
-    assert local.gather is identity
+    assert local.gather is selfsup_dist.identity
     assert build_criterion(SimCLRParams()).gather is selfsup_dist.gather_with_grad
     assert build_criterion(VICRegParams()).fn.keywords["gather"] is selfsup_dist.gather_with_grad
     vicreg_local = build_criterion(VICRegParams(vicreg_gather_across_devices=False))
-    assert vicreg_local.fn.keywords["gather"] is identity
+    assert vicreg_local.fn.keywords["gather"] is selfsup_dist.identity
 
 
 def test_sync_batch_norm_validation():

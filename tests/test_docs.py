@@ -13,8 +13,8 @@ from typing import List, Optional, Sequence, Tuple
 import pytest
 import torch
 
-from selfsup.cli import train
-from selfsup.config import ModelParams, reference
+from selfsup.cli import reference, train
+from selfsup.config import ModelParams
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -96,8 +96,9 @@ def test_quickstart_trains_offline_and_writes_its_checkpoint(tmp_path, monkeypat
 
 
 def test_generated_docs_match_the_code():
-    """Regenerate with: python -m selfsup.config.reference"""
+    """Regenerate with: python -m selfsup.cli.reference"""
     assert (ROOT / "docs" / "options.md").read_text() == reference.options_markdown()
+    assert (ROOT / reference.PRESETS_STUB).read_text() == reference.presets_stub()
     readme = (ROOT / "README.md").read_text()
     assert reference.with_preset_table(readme) == readme
     assert len(readme.splitlines()) <= 150

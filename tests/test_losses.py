@@ -5,9 +5,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import build_criterion
 
 from selfsup.config import BYOLParams, EqCoParams, ModelParams, SimCLRParams, VICRegParams
-from selfsup.methods import Step, base, build_criterion, contrastive, vicreg, view_pairs
+from selfsup.methods import PairStep, contrastive, losses, vicreg, view_pairs
 from selfsup.methods.contrastive import ContrastiveCriterion
 
 
@@ -84,7 +85,7 @@ def test_byol_loss_per_ordering_aligned_orthogonal_opposite(cos, expected):
     z = torch.tensor([[cos, math.sqrt(max(0.0, 1 - cos * cos))]])
     params = BYOLParams()
     criterion = build_criterion(params)
-    one_ordering = criterion.pair_loss(0, 1, Step([p, p], [z, z])).loss * params.loss_constant_factor
+    one_ordering = criterion.pair_loss(0, 1, PairStep([p, p], [z, z])).loss * params.loss_constant_factor
     assert one_ordering.item() == pytest.approx(expected, abs=1e-6)
     both = criterion([p, p], [z, z], None).loss  # summed over the two orderings
     assert both.item() == pytest.approx(2 * expected, abs=1e-6)
@@ -155,7 +156,7 @@ def test_moco_criterion_equals_reference_info_nce_against_queue():
         ),
     )
     queue = F.normalize(queue, dim=0)
-    out = build_criterion(params)([q, None], [None, k], queue)
+    out = build_criterion(params)([q, None], [None, k], queue.T[None])  # the memory holds one slot of key rows
     logits = torch.cat([(q * k).sum(1, keepdim=True), q @ queue], 1) / params.T
     reference = F.cross_entropy(logits, torch.zeros(8, dtype=torch.long))
     assert out.loss.item() == pytest.approx(reference.item(), abs=1e-12)
@@ -163,8 +164,9 @@ def test_moco_criterion_equals_reference_info_nce_against_queue():
 
 def test_eqco_preset_with_alpha_equal_to_queue_is_moco():
     q, k, queue = unit(8, 16), unit(8, 16, seed=1), F.normalize(unit(16, 256, seed=2), dim=0)
-    eqco = build_criterion(EqCoParams(K=256, eqco_alpha=256, batch_size=8))([q, None], [None, k], queue).loss
-    moco = build_criterion(ModelParams(K=256, batch_size=8))([q, None], [None, k], queue).loss
+    memory = queue.T[None]
+    eqco = build_criterion(EqCoParams(K=256, eqco_alpha=256, batch_size=8))([q, None], [None, k], memory).loss
+    moco = build_criterion(ModelParams(K=256, batch_size=8))([q, None], [None, k], memory).loss
     assert eqco.item() == pytest.approx(moco.item(), abs=1e-12)
 
 
@@ -180,11 +182,35 @@ def test_batch_negatives_cross_view_only_with_lagging_model():
 # --- VICReg --------------------------------------------------------------------------------------------------------
 
 
-def test_vicreg_constant_rows():
+@pytest.mark.parametrize("reduction, branches", [("mean", 1), ("sum", 2)])
+def test_vicreg_constant_rows(reduction, branches):
+    """Each branch's hinge is 1 - sqrt(eps); the official code averages the two branches, the paper sums them."""
     z = torch.ones(16, 8) * 3.0
-    terms = vicreg.vicreg_loss(z, z, 25.0, 25.0, 1.0, 1e-4)
-    assert terms["loss"].item() == pytest.approx(25 * 2 * (1 - math.sqrt(1e-4)), rel=1e-6)
+    terms = vicreg.vicreg_loss(z, z, 25.0, 25.0, 1.0, 1e-4, variance_reduction=reduction)
+    assert terms["loss"].item() == pytest.approx(25 * branches * (1 - math.sqrt(1e-4)), rel=1e-6)
     assert terms["loss_covariance"].item() == 0.0 and terms["loss_invariance"].item() == 0.0
+
+
+def official_vicreg_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The loss of facebookresearch/vicreg's main_vicreg.py (one process), written out: 25 MSE + 25 (mean of the
+    branches' std hinges, each halved) + 1 (sum of the branches' off-diagonal covariance squares / D)."""
+    n, d = x.shape
+    invariance = F.mse_loss(x, y)
+    x, y = x - x.mean(dim=0), y - y.mean(dim=0)
+    std_x, std_y = torch.sqrt(x.var(dim=0) + 1e-4), torch.sqrt(y.var(dim=0) + 1e-4)
+    std = torch.mean(F.relu(1 - std_x)) / 2 + torch.mean(F.relu(1 - std_y)) / 2
+    off = ~torch.eye(d, dtype=torch.bool)
+    cov_x, cov_y = (x.T @ x) / (n - 1), (y.T @ y) / (n - 1)
+    cov = cov_x[off].pow(2).sum() / d + cov_y[off].pow(2).sum() / d
+    return 25 * invariance + 25 * std + cov
+
+
+def test_vicreg_default_is_the_official_code_and_lightly():
+    z1, z2 = 0.3 * unit(32, 16), 0.3 * unit(32, 16, seed=1)  # std below 1: the variance hinge is active
+    ours = vicreg.vicreg_loss(z1, z2, 25.0, 25.0, 1.0, 1e-4)["loss"]
+    assert ours.item() == pytest.approx(official_vicreg_loss(z1, z2).item(), rel=1e-12)
+    lightly_loss = pytest.importorskip("lightly.loss")
+    assert ours.item() == pytest.approx(lightly_loss.VICRegLoss()(z1, z2).item(), rel=1e-6)
 
 
 def test_vicreg_whitened_equal_views_is_zero():
@@ -211,10 +237,10 @@ def test_vicreg_preset_criterion_and_permutation_invariance():
 
 def test_split_positive_and_accuracy():
     sim = torch.tensor([[0.9, 0.1, 0.2], [0.3, 0.2, 0.8]])
-    pos, neg = base.split_positive(sim, torch.tensor([0, 1]))
+    pos, neg = losses.split_positive(sim, torch.tensor([0, 1]))
     assert pos.tolist() == pytest.approx([0.9, 0.2])
     assert torch.equal(neg, torch.tensor([[0.1, 0.2], [0.3, 0.8]]))
-    acc1, acc5 = base.contrastive_accuracy(pos, neg)
+    acc1, acc5 = losses.contrastive_accuracy(pos, neg)
     assert acc1.item() == 50.0 and acc5.item() == 100.0
 
 
@@ -224,7 +250,7 @@ def test_contrastive_accuracy_matches_rank_definition_with_ties():
     pos = torch.randint(0, 6, (200,), generator=generator).float()
     neg = torch.randint(0, 6, (200, 9), generator=generator).float()
     rank = (neg >= pos[:, None]).sum(dim=1)
-    acc1, acc5 = base.contrastive_accuracy(pos, neg)
+    acc1, acc5 = losses.contrastive_accuracy(pos, neg)
     assert acc1.item() == pytest.approx((rank < 1).float().mean().item() * 100)
     assert acc5.item() == pytest.approx((rank < 5).float().mean().item() * 100)
     assert 0 < acc1.item() < acc5.item() < 100
@@ -233,7 +259,7 @@ def test_contrastive_accuracy_matches_rank_definition_with_ties():
 def test_positive_negative_cosine_matches_brute_force():
     q, k = torch.randn(5, 3), torch.randn(5, 3)
     cos = F.normalize(q, dim=1) @ F.normalize(k, dim=1).T
-    pos, neg = base.positive_negative_cosine(q, k)
+    pos, neg = losses.positive_negative_cosine(q, k)
     assert pos.item() == pytest.approx(cos.diagonal().mean().item(), abs=1e-6)
     assert neg.item() == pytest.approx(cos[~torch.eye(5, dtype=torch.bool)].mean().item(), abs=1e-6)
 
@@ -291,5 +317,5 @@ def test_eqco_with_an_empty_queue_is_zero():
 
 
 def test_contrastive_accuracy_without_negatives_is_100():
-    acc1, acc5 = base.contrastive_accuracy(torch.tensor([0.1, -0.5]), torch.zeros(2, 0))
+    acc1, acc5 = losses.contrastive_accuracy(torch.tensor([0.1, -0.5]), torch.zeros(2, 0))
     assert acc1.item() == 100.0 and acc5.item() == 100.0

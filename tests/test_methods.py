@@ -10,7 +10,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from helpers import cpu_trainer, tiny
+from helpers import build_criterion, cpu_trainer, tiny
 from torch import nn
 
 from selfsup.config import (
@@ -27,7 +27,8 @@ from selfsup.config import (
     SwAVParams,
     WMSEParams,
 )
-from selfsup.methods import barlow_twins, build_criterion, dino, swav, wmse
+from selfsup.methods import PairStep, barlow_twins, dino, swav, wmse
+from selfsup.nn.heads import PrototypeLayer
 from selfsup.train.module import SelfSupervisedMethod
 
 NO_LABELS = torch.zeros(0)
@@ -97,7 +98,7 @@ def test_dino_all_zero_logits_is_log_k_and_center_update():
     out = criterion([zeros, zeros], [zeros, zeros], None, NO_LABELS)
     assert out.loss.item() == pytest.approx(math.log(k), rel=1e-6)
     teacher = [randn(8, k).float(), randn(8, k, seed=1).float()]
-    criterion.after_step(teacher)
+    criterion.after_step(PairStep([zeros, zeros], teacher), out)
     assert torch.allclose(criterion.center, 0.1 * torch.cat(teacher).mean(0), atol=1e-7)
 
 
@@ -141,31 +142,30 @@ def test_swav_zero_scores_give_uniform_codes_and_log_k():
     criterion = build_criterion(SwAVParams(num_prototypes=k, dim=4, swav_queue_length=0, num_local_crops=0))
     nn.init.zeros_(criterion.prototypes.weight)  # all scores 0
     z = F.normalize(torch.randn(8, 4), dim=1)
-    assert torch.allclose(criterion._codes(0, z), torch.full((8, k), 1 / k))
+    assert torch.allclose(criterion._codes(z, None), torch.full((8, k), 1 / k))
     out = criterion([z, z], [z, z], None, NO_LABELS)
     assert out.loss.item() == pytest.approx(math.log(k), rel=1e-6)
 
 
 def test_swav_queue_fills_then_enlarges_the_sinkhorn_batch():
-    criterion = build_criterion(
-        SwAVParams(num_prototypes=8, dim=4, batch_size=4, swav_queue_length=8, swav_queue_start_epoch=1)
-    )
+    params = SwAVParams(num_prototypes=8, dim=4, batch_size=4, swav_queue_length=8, swav_queue_start_epoch=1,
+                        num_local_crops=0)
+    step = SelfSupervisedMethod(params).step
+    memory, criterion = step.memory, step.criterion
+    assert memory.views == [0, 1] and memory.gather and memory.whole  # one slot per global view, gathered
     keys = [F.normalize(torch.randn(4, 4), dim=1) for _ in range(2)]
-    criterion.set_epoch(0)
-    criterion.after_step(keys)
-    assert int(criterion.queue_filled) == 0  # not active before the start epoch
-    criterion.set_epoch(1)
-    criterion.after_step(keys)
-    assert torch.equal(criterion.feature_queue[1, :4], keys[1]) and int(criterion.queue_filled) == 4
+    step.set_epoch(0)
+    memory.write(keys)
+    assert int(memory.filled) == 0 and memory.read() is None  # not active before the start epoch
+    step.set_epoch(1)
+    memory.write(keys)
+    assert torch.equal(memory.rows[1, :4], keys[1]) and int(memory.filled) == 4 and memory.read() is None
     newer = [F.normalize(torch.randn(4, 4), dim=1) for _ in range(2)]
-    criterion.after_step(newer)  # newest first, oldest shifted back
-    assert torch.equal(criterion.feature_queue[0, :4], newer[0]) and torch.equal(
-        criterion.feature_queue[0, 4:], keys[0]
-    )
-    with_queue = criterion._codes(0, keys[0])
-    criterion.queue_active = False
-    assert with_queue.shape == criterion._codes(0, keys[0]).shape == (4, 8)
-    assert not torch.allclose(with_queue, criterion._codes(0, keys[0]))
+    memory.write(newer)
+    assert torch.equal(memory.read()[0], torch.cat([keys[0], newer[0]]))
+    with_queue = criterion._codes(keys[0], memory.read()[0])
+    assert with_queue.shape == criterion._codes(keys[0], None).shape == (4, 8)
+    assert not torch.allclose(with_queue, criterion._codes(keys[0], None))
 
 
 # --- SupCon ----------------------------------------------------------------------------------------------------------
@@ -211,11 +211,25 @@ def test_supcon_rejects_unlabeled_batches():
 def test_nnclr_with_the_batch_in_the_support_set_is_info_nce_of_keys_against_queries():
     k1, k2 = F.normalize(randn(6, 8), dim=1), F.normalize(randn(6, 8, seed=1), dim=1)
     p1, p2 = F.normalize(randn(6, 8, seed=2), dim=1), F.normalize(randn(6, 8, seed=3), dim=1)
-    memory = torch.cat([k1, k2]).T  # each key's nearest neighbour is itself
+    memory = torch.cat([k1, k2])[None]  # each key's nearest neighbour is itself
     out = build_criterion(NNCLRParams(T=0.1))([p1, p2], [k1, k2], memory, NO_LABELS)
     target = torch.arange(6)
     expected = (F.cross_entropy(k2 @ p1.T / 0.1, target) + F.cross_entropy(k1 @ p2.T / 0.1, target)) / 2
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-9)
+
+
+def test_nnclr_first_step_uses_each_key_as_its_neighbour_without_gradient():
+    """An empty support set makes each key its own neighbour: the loss is the one with the keys in the support set,
+    and, as every neighbour, it is detached, so no gradient reaches keys that carry it (the online target without a
+    stop-gradient, which the checks allow)."""
+    k1, k2 = (F.normalize(randn(6, 8, seed=s), dim=1).requires_grad_() for s in (0, 1))
+    p1, p2 = (F.normalize(randn(6, 8, seed=s), dim=1).requires_grad_() for s in (2, 3))
+    criterion = build_criterion(NNCLRParams(T=0.1, use_target_stop_gradient=False))
+    out = criterion([p1, p2], [k1, k2], torch.zeros(1, 0, 8, dtype=torch.float64), NO_LABELS)
+    assert out.loss.item() == pytest.approx(
+        criterion([p1, p2], [k1, k2], torch.cat([k1, k2]).detach()[None], NO_LABELS).loss.item(), rel=1e-12)
+    grads = torch.autograd.grad(out.loss, [k1, k2, p1, p2], allow_unused=True)
+    assert grads[0] is None and grads[1] is None and grads[2] is not None and grads[3] is not None
 
 
 # --- no gradient into any target / teacher / key branch --------------------------------------------------------------
@@ -226,16 +240,16 @@ def test_no_gradient_reaches_the_target_branch(name):
     model = SelfSupervisedMethod(tiny(PRESETS[name]))
     views = [torch.randn(8, 3, 32, 32) for _ in range(model.params.num_global_crops)]
     views += [torch.randn(8, 3, 14, 14) for _ in range(model.params.num_local_crops)]
-    projections = model._online_projections(views)
-    keys = model.target(views, projections)
+    projections = model.step._online_projections(model.model, views)
+    keys = model.step.target(views, projections)
     assert all(k is None or not k.requires_grad for k in keys)
-    assert not any(p.requires_grad for p in model.target.parameters())
+    assert not any(p.requires_grad for p in model.step.target.parameters())
 
 
 def test_simclr_keys_keep_their_gradient():
     model = SelfSupervisedMethod(tiny(SimCLRParams))
     views = [torch.randn(8, 3, 32, 32) for _ in range(2)]
-    keys = model.target(views, model._online_projections(views))
+    keys = model.step.target(views, model.step._online_projections(model.model, views))
     assert all(k.requires_grad for k in keys)
 
 
@@ -243,7 +257,7 @@ def test_simclr_keys_keep_their_gradient():
 
 
 def test_simclr_v2_head_is_three_bn_layers_with_output_bn():
-    head = SelfSupervisedMethod(tiny(SimCLRv2Params)).projection_model.net
+    head = SelfSupervisedMethod(tiny(SimCLRv2Params)).step.projection.net
     kinds = [type(m).__name__ for m in head]
     assert kinds == ["Linear", "BatchNorm1d", "ReLU", "Linear", "BatchNorm1d", "ReLU", "Linear", "BatchNorm1d"]
     assert not head[-1].affine
@@ -269,7 +283,7 @@ def test_simsiam_predictor_learning_rate_is_not_scheduled():
 @pytest.mark.parametrize("preset", [DINOParams, SwAVParams])
 def test_prototypes_are_frozen_during_the_first_epoch(preset):
     model = SelfSupervisedMethod(tiny(preset, freeze_prototypes_epochs=1, max_epochs=2))
-    prototypes = model.prototype_layers[0].weight
+    prototypes = next(m for m in model.step.modules() if isinstance(m, PrototypeLayer)).weight
     start = prototypes.detach().clone()
 
     class Check(pl.Callback):

@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 from helpers import cpu_trainer, tiny
 
-from selfsup import dist
+from selfsup import distributed
 from selfsup.config import PRESETS, BYOLParams, ModelParams, SimCLRParams, VICRegParams, make_params
 from selfsup.train.module import SelfSupervisedMethod
 
@@ -32,9 +32,9 @@ def test_preset_trains_and_round_trips_through_a_checkpoint(name, tmp_path):
     assert original.keys() == restored.keys()
     assert all(torch.equal(original[k], restored[k]) for k in original)
     if params.uses_queue:
-        assert {"queue.keys", "queue.ptr", "queue.filled"} <= set(restored)
+        assert {"step.memory.rows", "step.memory.ptr", "step.memory.filled"} <= set(restored)
     if params.use_lagging_model:
-        assert any(k.startswith("target.encoder.") for k in restored)
+        assert any(k.startswith("step.target.encoder.") for k in restored)
 
 
 def test_constructor_forms_apply_every_override():
@@ -84,16 +84,16 @@ class Recorder(pl.Callback):
 
     def on_train_batch_start(self, trainer: pl.Trainer, module: Any, batch: Any, batch_idx: int) -> None:
         self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
-        self.target_before.append([p.detach().clone() for p in module.target.parameters()])
+        self.target_before.append([p.detach().clone() for p in module.step.target.parameters()])
 
     def on_train_batch_end(self, trainer: pl.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         # After the optimizer step, the EMA step and the enqueue: callbacks see the finished step's state.
-        self.target_after_step.append([p.detach().clone() for p in module.target.parameters()])
+        self.target_after_step.append([p.detach().clone() for p in module.step.target.parameters()])
         self.online_after_step.append(
-            [p.detach().clone() for m in (module.model, module.projection_model) for p in m.parameters()]
+            [p.detach().clone() for m in (module.model, module.step.projection) for p in m.parameters()]
         )
-        if module.queue is not None:
-            self.queue_ptr.append(int(module.queue.ptr))
+        if module.step.memory is not None:
+            self.queue_ptr.append(int(module.step.memory.ptr))
 
 
 def test_ema_update_follows_each_optimizer_step_with_the_scheduled_momentum():
@@ -124,7 +124,7 @@ def test_queue_receives_one_batch_of_keys_per_step():
     recorder = Recorder()
     cpu_trainer(callbacks=[recorder], limit_val_batches=0).fit(model)
     # The callback sees the pointer after the step's enqueue: 8, 16, 24, 0 (4 steps of 8 keys into K=32).
-    assert recorder.queue_ptr == [8, 16, 24, 0] and int(model.queue.ptr) == 0
+    assert recorder.queue_ptr == [8, 16, 24, 0] and int(model.step.memory.ptr) == 0
 
 
 def test_lars_warmup_is_counted_in_epochs_and_applied_per_step():
@@ -142,23 +142,24 @@ def test_no_extra_train_mode_forward_passes():
     cpu_trainer(limit_val_batches=0, max_steps=3).fit(model)
     counters = {
         "encoder": model.model.bn1.num_batches_tracked,
-        "projection": model.projection_model.net[1].num_batches_tracked,
-        "prediction": model.prediction_model.net[1].num_batches_tracked,
-        "target encoder": model.target.encoder.bn1.num_batches_tracked,
-        "target projection": model.target.projection.net[1].num_batches_tracked,
+        "projection": model.step.projection.net[1].num_batches_tracked,
+        "prediction": model.step.prediction.net[1].num_batches_tracked,
+        "target encoder": model.step.target.encoder.bn1.num_batches_tracked,
+        "target projection": model.step.target.projection.net[1].num_batches_tracked,
     }
     assert {name: int(c) for name, c in counters.items()} == {name: 3 for name in counters}
 
 
 def test_simclr_uses_one_online_pass_over_both_views_and_no_target_copy():
     model = SelfSupervisedMethod(tiny(SimCLRParams))
-    assert model.online_views == [0, 1] and not list(model.target.parameters())
+    assert model.step.online_views == [0, 1] and not list(model.step.target.parameters())
     vicreg = SelfSupervisedMethod(tiny(VICRegParams))
-    assert vicreg.online_views == [0, 1] and vicreg.query_views == [0]
+    assert vicreg.step.online_views == [0, 1] and vicreg.step.query_views == [0]
 
 
 def test_single_process_distributed_flags_do_not_crash(monkeypatch):
-    monkeypatch.setattr(dist.collectives, "_warned_single_process_shuffle", False)  # the warning is once per process
+    # the warning is once per process
+    monkeypatch.setattr(distributed.collectives, "_warned_single_process_shuffle", False)
     params = tiny(ModelParams, shuffle_batch_norm=True, gather_keys_for_queue=True)
     model = SelfSupervisedMethod(params)
     with pytest.warns(UserWarning, match="shuffle_batch_norm has no effect in a single process"):
@@ -202,7 +203,7 @@ def test_channels_last_keeps_names_and_outputs_and_reaches_the_momentum_copy():
     plain.load_state_dict(fast.state_dict())
     assert fast.state_dict().keys() == plain.state_dict().keys()
     assert fast.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
-    assert fast.target.encoder.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert fast.step.target.encoder.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     x = torch.randn(2, 3, 32, 32)
     assert torch.allclose(fast(x), plain(x), atol=1e-5)
-    assert torch.allclose(fast.target.encoder(x), plain.target.encoder(x), atol=1e-5)
+    assert torch.allclose(fast.step.target.encoder(x), plain.step.target.encoder(x), atol=1e-5)

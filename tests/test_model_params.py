@@ -16,6 +16,7 @@ from selfsup.config import (
     VICRegParams,
     make_params,
 )
+from selfsup.methods.options import canonical_loss_type
 
 # The public field names and defaults of the original design (issue 2); users and checkpoints rely on them.
 ORIGINAL_DEFAULTS = dict(
@@ -72,7 +73,20 @@ ORIGINAL_DEFAULTS = dict(
 def test_defaults_are_the_original_public_api():
     params = ModelParams()
     for name, value in ORIGINAL_DEFAULTS.items():
-        assert getattr(params, name) == value, name
+        # the original loss_type names are accepted as aliases and become the methods' names
+        assert getattr(params, name) == (canonical_loss_type(value) if name == "loss_type" else value), name
+    assert ModelParams(loss_type="ce") == params and params.loss_type == "contrastive"
+
+
+@pytest.mark.parametrize("old, new", [("ce", "contrastive"), ("bce", "binary_contrastive"), ("ip", "byol"),
+                                      ("neg_cos", "simsiam"), ("barlow", "barlow_twins"), ("vic", "vicreg")])
+def test_older_loss_type_names_load_as_the_methods_names(old, new):
+    fields = dict(use_negative_examples_from_queue=False, use_negative_examples_from_batch=True,
+                  use_vicreg_loss=new == "vicreg")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # suspicious flag combinations are beside the point here
+        assert ModelParams(loss_type=old, **fields) == ModelParams(loss_type=new, **fields)
+        assert ModelParams(loss_type=old, **fields).loss_type == new
 
 
 def test_list_default_is_not_shared_and_params_are_frozen():
@@ -95,7 +109,7 @@ def test_preset_contents():
     assert (byol.prediction_mlp_layers, byol.mlp_normalization, byol.loss_type, byol.optimizer_name) == (
         2,
         "bn",
-        "ip",
+        "byol",
         "lars",
     )
     assert byol.use_both_augmentations_as_queries and byol.use_momentum_schedule and not byol.uses_queue
@@ -111,7 +125,7 @@ def test_preset_contents():
         vicreg.dim,
         vicreg.final_lr_schedule_value,
         vicreg.lars_warmup_epochs,
-    ) == ("vic", 3, 2048, 2048, 0.002, 10)
+    ) == ("vicreg", 3, 2048, 2048, 0.002, 10)
     assert not vicreg.use_unit_sphere_projection and vicreg.exclude_bias_and_norm_from_lars
     assert EqCoParams().use_eqco_margin and EqCoParams().K == 256
     moco = MoCoParams()
@@ -144,14 +158,14 @@ def test_close_enum_value_gets_a_suggestion():
 @pytest.mark.parametrize(
     "overrides,match",
     [
-        (dict(use_negative_examples_from_queue=False), "loss_type: 'ce' needs negatives"),
-        (dict(loss_type="bce", use_negative_examples_from_queue=False), "loss_type: 'bce' needs negatives"),
-        (dict(K=1000), "K: queue length 1000 must be a multiple of batch_size 256"),
-        (dict(K=0), "K: the queue is used"),
-        (dict(use_vicreg_loss=True), "use_vicreg_loss: is True but loss_type is 'ce'"),
+        (dict(use_negative_examples_from_queue=False), "loss_type: 'contrastive' needs negatives"),
+        (dict(loss_type="bce", use_negative_examples_from_queue=False), "loss_type: 'binary_contrastive' needs "),
+        (dict(K=1000), "K: memory length 1000 must be a multiple of batch_size 256"),
+        (dict(K=0), "K: got 0; a memory needs at least one batch"),
+        (dict(use_vicreg_loss=True), "use_vicreg_loss: is True but loss_type is 'contrastive'"),
         (
             dict(loss_type="vic", use_negative_examples_from_queue=False),
-            "use_vicreg_loss: is False but loss_type is 'vic'",
+            "use_vicreg_loss: is False but loss_type is 'vicreg'",
         ),
         (dict(batch_size=0), r"batch_size: got 0; expected a value in \[1, inf\]"),
         (dict(dim=-3), "dim: got -3"),
@@ -161,7 +175,8 @@ def test_close_enum_value_gets_a_suggestion():
         (dict(m=-0.1), "m: got -0.1"),
         (dict(lr=0.0), "lr: got 0.0"),
         (dict(weight_decay=-1e-4), "weight_decay: got -0.0001"),
-        (dict(use_eqco_margin=True, loss_type="ip"), "use_eqco_margin: the EqCo margin is defined for loss_type='ce'"),
+        (dict(use_eqco_margin=True, loss_type="ip"), "use_eqco_margin: the EqCo margin is defined for "
+                                                     "loss_type='contrastive'"),
         (dict(projection_mlp_layers=0), r"dim: projection_mlp_layers=0 makes the projection the identity"),
         (dict(mlp_normalization="gn", mlp_hidden_dim=100), "mlp_normalization: 'gn' uses 32 groups"),
         (dict(global_crop_scale=(0.5, 0.2)), "global_crop_scale: got"),

@@ -26,7 +26,7 @@ from torch import nn
 from selfsup import data
 from selfsup.cli import train
 from selfsup.config import BYOLParams, DINOParams, ModelParams, SimCLRParams
-from selfsup.train import longrun
+from selfsup.train import checkpoints, health
 from selfsup.train.module import SelfSupervisedMethod
 from selfsup.train.pipeline import pretrain_datasets
 
@@ -74,13 +74,13 @@ def run(params: ModelParams, directory: str, ckpt_path: Any = None, kill_at: Any
     steps; returns the Trainer (its module is trainer.lightning_module)."""
     pl.seed_everything(params.seed, verbose=False)
     model = SelfSupervisedMethod(params, backbone=small_encoder())
-    callbacks: List[pl.Callback] = [*longrun.checkpoint_callbacks(directory, every_n_epochs=1),
+    callbacks: List[pl.Callback] = [*checkpoints.checkpoint_callbacks(directory, every_n_epochs=1),
                                     ModelCheckpoint(dirpath=directory, filename="{step}", every_n_train_steps=3,
                                                     save_top_k=-1, enable_version_counter=False)]
     if kill_at is not None:
         callbacks.append(KillAtStep(kill_at))
     trainer = cpu_trainer(max_epochs=2, limit_val_batches=0, num_sanity_val_steps=0, callbacks=callbacks,
-                          enable_checkpointing=True, plugins=[longrun.AtomicCheckpointIO()])
+                          enable_checkpointing=True, plugins=[checkpoints.AtomicCheckpointIO()])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Lightning's notes on small data sets and non-empty checkpoint folders
         try:
@@ -130,8 +130,8 @@ def test_resume_continues_exactly_like_the_uninterrupted_run(runs, method, point
     assert resumed.global_step == STEPS
     assert_equal_states(state_of(resumed), setup["final"])
     module = resumed.lightning_module
-    if module.queue is not None:
-        assert int(module.queue.ptr) == STEPS * 8 % module.params.K
+    if module.step.memory is not None:
+        assert int(module.step.memory.ptr) == STEPS * 8 % module.params.K
 
 
 def loader_batches(params: ModelParams, workers: int, resume: Any = None) -> List[torch.Tensor]:
@@ -177,24 +177,25 @@ def test_a_killed_save_leaves_the_previous_file_and_a_truncated_one_is_named(run
         f.write(b"PK\x03\x04 half a checkpoint")
         raise Killed
 
-    monkeypatch.setattr(longrun.torch, "save", killed_while_writing)
+    monkeypatch.setattr(checkpoints.torch, "save", killed_while_writing)
     with pytest.raises(Killed):
-        longrun.atomic_save({"global_step": 99}, last)
+        checkpoints.atomic_save({"global_step": 99}, last)
     monkeypatch.undo()
     assert torch.load(last, weights_only=False)["global_step"] == before  # still the complete previous file
     assert sorted(os.listdir(folder)) == sorted(os.listdir(runs["moco"]["killed"]))  # no temporary file left
 
     truncated = folder / "step=6.ckpt"
     truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
-    with pytest.raises(longrun.CheckpointError, match=r"step=6\.ckpt cannot be resumed from: the file is truncated"):
+    with pytest.raises(checkpoints.CheckpointError,
+                       match=r"step=6\.ckpt cannot be resumed from: the file is truncated"):
         train.resume_path(str(truncated), str(folder))
-    with pytest.raises(longrun.CheckpointError, match=r"step=6\.ckpt"):
-        cpu_trainer(plugins=[longrun.AtomicCheckpointIO()]).fit(
+    with pytest.raises(checkpoints.CheckpointError, match=r"step=6\.ckpt"):
+        cpu_trainer(plugins=[checkpoints.AtomicCheckpointIO()]).fit(
             SelfSupervisedMethod(runs["moco"]["params"], backbone=small_encoder()), ckpt_path=str(truncated))
     os.utime(truncated)  # the newest file, but incomplete: auto skips it
     with pytest.warns(UserWarning, match=r"skipping truncated or corrupt checkpoints: .*step=6\.ckpt"):
         chosen = train.resume_path("auto", str(folder))
-    assert os.path.basename(chosen) != "step=6.ckpt" and longrun.is_complete_checkpoint(chosen)
+    assert os.path.basename(chosen) != "step=6.ckpt" and checkpoints.is_complete_checkpoint(chosen)
     assert train.resume_path("auto", str(tmp_path / "none")) is None
 
 
@@ -207,20 +208,20 @@ class PoisonAt(pl.Callback):
     def on_train_batch_start(self, trainer: pl.Trainer, module: Any, batch: Any, batch_idx: int) -> None:
         if trainer.global_step == self.step:
             with torch.no_grad():
-                next(module.projection_model.parameters()).view(-1)[0] = float("nan")
+                next(module.step.projection.parameters()).view(-1)[0] = float("nan")
 
 
 def test_a_non_finite_loss_stops_training_naming_the_step_and_no_checkpoint_follows(tmp_path):
     model = SelfSupervisedMethod(METHODS["moco"](""), backbone=small_encoder())
     saver = ModelCheckpoint(dirpath=str(tmp_path), filename="{step}", every_n_train_steps=1, save_top_k=-1)
     trainer = cpu_trainer(max_epochs=1, limit_val_batches=0, callbacks=[PoisonAt(2), saver], enable_checkpointing=True,
-                          plugins=[longrun.AtomicCheckpointIO()])
-    with pytest.raises(longrun.NonFiniteError, match=r"non-finite loss at global step 2 \(epoch 0\): "
+                          plugins=[checkpoints.AtomicCheckpointIO()])
+    with pytest.raises(health.NonFiniteError, match=r"non-finite loss at global step 2 \(epoch 0\): "
                                                      r"step_train_loss=nan, .*the last good checkpoint is .*step=2"):
         trainer.fit(model)
     assert sorted(os.listdir(tmp_path)) == ["step=1.ckpt", "step=2.ckpt"]
     # the weights are NaN now: no checkpoint gets written, whoever asks
-    with pytest.raises(longrun.NonFiniteError, match=r"refusing to write a checkpoint at global step 3: non-finite "
+    with pytest.raises(health.NonFiniteError, match=r"refusing to write a checkpoint at global step 3: non-finite "
                                                      r"values in model\.0\.weight, .* and \d+ more\. The last good "
                                                      r"checkpoint is .*step=2\.ckpt"):
         trainer.save_checkpoint(tmp_path / "later.ckpt")
@@ -246,8 +247,8 @@ def test_collapse_warning_fires_on_a_constant_encoder_only(collapsed):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer.fit(model)
-    collapse = [w for w in caught if issubclass(w.category, longrun.CollapseWarning)]
-    std = float(trainer.callback_metrics[longrun.EMBEDDING_STD_METRIC])
+    collapse = [w for w in caught if issubclass(w.category, health.CollapseWarning)]
+    std = float(trainer.callback_metrics[health.EMBEDDING_STD_METRIC])
     if collapsed:
         assert std == 0.0 and len(collapse) == 1
         assert "stayed below 0.0177 (0.1 / sqrt(32); about 0.177 when healthy) for 2 steps" in str(collapse[0].message)

@@ -36,7 +36,7 @@ from matplotlib.figure import Figure  # rendered by the Agg canvas, no GUI backe
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 
-from selfsup.config.fields import ModelParams
+from selfsup.config.params import ModelParams
 from selfsup.config.presets import BYOLParams
 from selfsup.config.recipes import SHORT_RUN_MAX_EPOCHS, describe_overrides, with_short_run_recipe
 from selfsup.train.module import SelfSupervisedMethod
@@ -48,7 +48,7 @@ CONFIGS: Dict[str, Dict[str, Any]] = {
     "proj_only": dict(prediction_mlp_normalization=None),
     "no_norm": dict(mlp_normalization=None),
     "layer_norm": dict(mlp_normalization="ln"),
-    "xent": dict(mlp_normalization=None, loss_type="ce", use_negative_examples_from_queue=True, lr=0.02),
+    "xent": dict(mlp_normalization=None, loss_type="contrastive", use_negative_examples_from_queue=True, lr=0.02),
 }
 RANDOM_INIT = "random_init"
 # --small: a few CPU minutes per configuration; a 1024-key queue (65536 would stay mostly random on 2048 images).
@@ -234,7 +234,8 @@ def _count_or_fraction(text: str) -> float | int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="selfsup-blog", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=10, help="pretraining epochs per run (default 10)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds, one run per config each")
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS), metavar="CONFIG",
@@ -285,3 +286,7 @@ def run_overrides(args: argparse.Namespace) -> Dict[str, Any]:
 def run() -> None:
     """Console entry point (``selfsup-blog``)."""
     main()
+
+
+if __name__ == "__main__":  # python -m selfsup.cli.blog, as the console script
+    run()

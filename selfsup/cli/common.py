@@ -27,7 +27,7 @@ import attr
 import pytorch_lightning as pl
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
-from selfsup.config.options import HELP, option_groups
+from selfsup.options import HELP, option_groups
 
 # The Trainer flags of earlier versions, which were top-level; they now live under --trainer.
 LEGACY_TRAINER_FLAGS = ("accelerator", "devices", "strategy", "num_nodes", "precision", "limit_train_batches",

@@ -60,3 +60,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[str]:
 def run() -> None:
     """Console entry point (``selfsup-embed``)."""
     main()
+
+
+if __name__ == "__main__":  # python -m selfsup.cli.embed, as the console script
+    run()

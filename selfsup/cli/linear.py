@@ -74,3 +74,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
 def run() -> None:
     """Console entry point (``selfsup-linear``)."""
     main()
+
+
+if __name__ == "__main__":  # python -m selfsup.cli.linear, as the console script
+    run()

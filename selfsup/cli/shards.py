@@ -18,9 +18,8 @@ from typing import Any, Dict, Optional, Sequence
 from jsonargparse import ArgumentParser
 
 from selfsup.cli.common import new_parser
-from selfsup.config.fields import DataSourceOptions
 from selfsup.data.shards import DEFAULT_CHUNK_BYTES, write_shards
-from selfsup.data.sources import folder_splits
+from selfsup.data.sources import DataSourceOptions, folder_splits
 
 
 def build_parser() -> ArgumentParser:
@@ -48,3 +47,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 def run() -> None:
     """Console entry point (``selfsup-shards``)."""
     main()
+
+
+if __name__ == "__main__":  # python -m selfsup.cli.shards, as the console script
+    run()

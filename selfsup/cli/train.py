@@ -44,11 +44,11 @@ from selfsup.cli.common import (
     save_config,
     trainer_arguments,
 )
-from selfsup.config.fields import ModelParams
+from selfsup.config.params import ModelParams
 from selfsup.config.presets import PRESETS
 from selfsup.config.recipes import SHORT_RUN_MAX_EPOCHS, with_short_run_recipe
 from selfsup.eval.visualize import EMBEDDING_METHODS, EmbeddingPlots, plotting_available
-from selfsup.train import longrun
+from selfsup.train import checkpoints
 from selfsup.train.module import SelfSupervisedMethod
 
 
@@ -112,9 +112,9 @@ def resume_path(resume: Optional[str], directory: str) -> Optional[str]:
     if resume is None:
         return None
     if resume != "auto":
-        longrun.check_checkpoint_file(resume)
+        checkpoints.check_checkpoint_file(resume)
         return resume
-    path = longrun.find_resume_checkpoint(directory)
+    path = checkpoints.find_resume_checkpoint(directory)
     print(f"resume: {path}" if path else f"resume: no checkpoint in {directory} yet, starting afresh")
     return path
 
@@ -133,7 +133,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     trainer_kwargs.setdefault("max_epochs", params.max_epochs)
     callbacks: List[pl.Callback] = [
         *trainer_kwargs.pop("callbacks", []),
-        *longrun.checkpoint_callbacks(directory, config.save_every_n_epochs, config.save_last_every_n_steps),
+        *checkpoints.checkpoint_callbacks(directory, config.save_every_n_epochs, config.save_last_every_n_steps),
     ]
     plots = None
     if config.embedding_plot != "none":
@@ -141,7 +141,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
         plots = EmbeddingPlots(os.path.join(config.root_dir, "embeddings"), info.mean, info.std,
                                config.embedding_plot, config.embedding_plot_every_n_epochs)
         callbacks.append(plots)
-    plugins = [*trainer_kwargs.pop("plugins", []), longrun.AtomicCheckpointIO()]
+    plugins = [*trainer_kwargs.pop("plugins", []), checkpoints.AtomicCheckpointIO()]
     trainer = pl.Trainer(default_root_dir=config.root_dir, callbacks=callbacks, plugins=plugins, **trainer_kwargs)
     if trainer.is_global_zero:
         resolved = config.clone()
@@ -163,3 +163,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
 def run() -> None:
     """Console entry point (``selfsup-train``)."""
     main()
+
+
+if __name__ == "__main__":  # python -m selfsup.cli.train, as the console script
+    run()

@@ -6,18 +6,15 @@ from __future__ import annotations
 
 from typing import Any, Callable, Collection, Dict, Mapping, Tuple
 
-from selfsup.config.fields import ModelParams
+from selfsup.config.params import ModelParams
 
 SHORT_RUN_MAX_EPOCHS = 100  # runs of at least this many epochs keep the papers' schedules
 # Short runs: the presets' epoch-denominated schedules were written for 100-1000 epochs. Each is capped at the
 # fraction of the run it takes in its paper's shortest recipe, so a run of a few epochs is not all warmup.
 SHORT_RUN_WARMUP_FRACTION = 0.1  # LR warmup: 10 of 100 epochs (MoCo v3, VICReg, Barlow Twins: 10 of 100-1000)
 SHORT_RUN_MAX_MOMENTUM = 0.99  # EMA time constant 100 steps (solo-learn's CIFAR recipes start at 0.99)
-# Peak lr of the SGD presets in short runs. Their lrs (0.5 at batch 256) suit hundreds of epochs; in 4 epochs of
-# 10,000 CIFAR-10 images SimCLR's kNN accuracy was 30.6% at lr 0.5, 29.7% at 1.5, 36.1% at 0.12 and 38.5% at 0.05
-# (random encoder 31.2%), MoCo v2's 29.8% at 0.5 and 32.7% at 0.05. A lower lr did not lift the LARS presets above
-# random (their steps are already a small fraction lr * eta of each weight's norm); at 0.2x: BYOL 28.2% -> 27.8%,
-# NNCLR 31.1% -> 30.9%, SwAV 27.0% -> 30.4%.
+# Peak lr of the SGD presets in short runs: their lrs (0.5 at batch 256) suit hundreds of epochs, and a tenth of
+# them learned better in a few (docs/benchmarks.md, "Measurements behind defaults"); the LARS presets keep theirs.
 SHORT_RUN_SGD_LR_SCALE = 0.1
 
 

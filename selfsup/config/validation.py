@@ -1,21 +1,19 @@
-"""The rules across fields of :class:`ModelParams`, checked when params are built: impossible settings raise
+"""The rules across fields that every method shares, checked when ModelParams are built: impossible settings raise
 ``ValueError`` naming the field, suspicious but legal ones warn. Each method's own rules are in its method file
-(``Method.check`` and ``Method.check_options``); these are the ones every method shares."""
+(``Method.check``, ``Method.check_options``, ``Method.check_memory``), and so is what it needs to be built."""
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
-from selfsup.config.options import check_fields
+from selfsup import methods
 from selfsup.data.sources import FILE_DATASETS
-from selfsup.methods.base import REGISTRY, fail, method_of, suspicious
+from selfsup.methods.method import Method
+from selfsup.methods.options import SharedParams, fail, suspicious
+from selfsup.options import check_fields
 
-if TYPE_CHECKING:
-    from selfsup.config.fields import ModelParams
 
-
-def validate_params(p: ModelParams) -> None:
+def validate_params(p: SharedParams) -> None:
     """Raise ``ValueError`` for impossible settings and warn for suspicious ones; called by ``ModelParams``."""
     check_fields(p)
     if p.loss_constant_factor == 0 or not math.isfinite(p.loss_constant_factor):
@@ -24,17 +22,13 @@ def validate_params(p: ModelParams) -> None:
         low, high = getattr(p, field) if len(getattr(p, field)) == 2 else (-1.0, -1.0)
         if not 0 < low <= high <= 1:
             fail(field, f"got {getattr(p, field)!r}; expected (low, high) with 0 < low <= high <= 1")
-    for registered in dict.fromkeys(REGISTRY.values()):
+    for registered in methods.methods():
         registered.check_options(p)
-    method = method_of(p.loss_type)
+    method = methods.method_of(p.loss_type)
+    check_complete(method, p)
     method.check(p)
+    method.check_memory(p)
 
-    if p.uses_queue:
-        if p.K == 0:
-            fail("K", "the queue is used (use_negative_examples_from_queue=True) but K=0")
-        if p.K % p.batch_size != 0:
-            fail("K", f"queue length {p.K} must be a multiple of batch_size {p.batch_size} (whole batches enter the "
-                      "queue)")
     if p.projection_mlp_layers == 0 and p.dim != p.embedding_dim:
         fail("dim", f"projection_mlp_layers=0 makes the projection the identity, so dim ({p.dim}) must equal "
                     f"embedding_dim ({p.embedding_dim})")
@@ -69,10 +63,27 @@ def validate_params(p: ModelParams) -> None:
         suspicious("shuffle_batch_norm is redundant with sync_batch_norm='all' (key statistics are already global)")
     if p.shuffle_batch_norm and not p.use_lagging_model:
         suspicious("shuffle_batch_norm shuffles the momentum encoder's batch, but use_lagging_model=False")
-    if p.gather_keys_for_queue and not p.uses_queue:
+    if p.gather_keys_for_queue and not method.uses_queue(p):
         suspicious("gather_keys_for_queue has no effect without a queue")
     if p.decode_on_device and (p.augmentation_backend != "batched" or p.dataset_name not in FILE_DATASETS):
         suspicious(f"decode_on_device decodes image files for the batched views; it has no effect with "
                    f"dataset_name={p.dataset_name!r} and augmentation_backend={p.augmentation_backend!r}")
     if p.use_target_stop_gradient and p.use_lagging_model:
         suspicious("use_target_stop_gradient only matters without a lagging model (EMA targets get no gradient)")
+
+
+def check_complete(method: Method, p: SharedParams) -> None:
+    """Raise, naming what is missing, when the method of ``p`` cannot be trained: it defines no step, its option group
+    is not among the fields of ``p``, or building its step reads a field it does not declare."""
+    where = f"{type(method).__name__} ({method.source()})"
+    missing = method.missing()
+    if method.options is not None and not isinstance(p, method.options):
+        missing.append(f"its option group {method.options.__name__} is not among the params' fields (the method was "
+                       "registered after ModelParams was assembled: put its file in selfsup/methods/)")
+    if missing:
+        fail("loss_type", f"{p.loss_type!r} selects the method {where}, which is incomplete: {'; '.join(missing)}")
+    try:
+        method.dry_run(p)
+    except AttributeError as error:
+        fail("loss_type", f"{p.loss_type!r} selects the method {where}, which reads a field that no option group "
+                          f"declares ({error}); declare it in the method's option group (Method.options)")

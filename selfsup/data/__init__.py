@@ -1,6 +1,7 @@
 """Data: datasets by name (``sources``), image folders (``files``), synthetic images (``synthetic``), the views of
 an image per image (``views``, PIL) or per batch on the training device (``batched``), and resumable loaders
-(``loaders``). Functions here take resolved values or option groups, never the whole params object."""
+(``loaders``); ``sources`` and ``views`` also declare the option groups they read (DataSourceOptions, ViewOptions).
+Functions here take resolved values or option groups, never the whole params object."""
 
 from selfsup.data.batched import BatchedViews
 from selfsup.data.decode import EncodedFileDataset, EncodedImages, collate_encoded, decode_batch
@@ -26,6 +27,7 @@ from selfsup.data.sources import (
     STL10_MEAN,
     STL10_STD,
     DatasetInfo,
+    DataSourceOptions,
     cifar_stem,
     crop_size,
     dataset_info,
@@ -45,6 +47,7 @@ from selfsup.data.views import (
     GaussianBlur,
     MultiView,
     Photometric,
+    ViewOptions,
     ViewSpec,
     blur_kernel_size,
     build_eval_transform,
@@ -60,10 +63,12 @@ from selfsup.data.views import (
 __all__ = [
     "AUGMENTATION_BACKENDS", "BLUR_SIGMA", "BatchedViews", "EncodedFileDataset", "EncodedImages", "FILE_DATASETS",
     "collate_encoded", "decode_batch", "CIFAR10_MEAN", "CIFAR10_STD", "CorruptImageWarning",
-    "DATASETS", "DataError", "DatasetInfo", "EpochSampler", "FolderIndex", "GRAYSCALE_P", "GaussianBlur",
+    "DATASETS", "DataError", "DataSourceOptions", "DatasetInfo", "EpochSampler", "FolderIndex", "GRAYSCALE_P",
+    "GaussianBlur",
     "IMAGENET_MEAN", "IMAGENET_STD", "ImageFileDataset", "JITTER_P", "MultiView", "Photometric", "ResumableLoader",
     "STL10_MEAN", "STL10_STD", "SYNTHETIC_CLASSES", "SYNTHETIC_MEAN", "SYNTHETIC_STD", "SeededSamples",
-    "SyntheticShapes", "TRANSFORM_TYPES", "UNLABELED", "ViewSpec", "blur_kernel_size", "build_eval_transform",
+    "SyntheticShapes", "TRANSFORM_TYPES", "UNLABELED", "ViewOptions", "ViewSpec", "blur_kernel_size",
+    "build_eval_transform",
     "build_stored_image_transform", "build_view_transforms", "cifar_stem", "crop_size", "dataset_info",
     "eval_datasets", "eval_transform", "holdout_split", "index_image_folder", "load_rgb", "local_crop_size",
     "make_loader", "multi_view", "photometric_settings", "pretrain_datasets", "resolve_data_path",

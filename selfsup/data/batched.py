@@ -50,7 +50,7 @@ SOLARIZE_THRESHOLD = 0.5
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, PIL's RGB -> L
 # Intra-op threads of the augmentation on a CPU. Its ~150 operations are small (6 MB per 32 px batch), so threads
 # gain little, while each operation's thread barrier stalls whenever another process holds a core (loader workers,
-# other jobs): on this 2-core machine under load, one batch of 256 took 48-74 ms with 1 thread, 142-1749 ms with 2.
+# other jobs); the timings are in docs/benchmarks.md ("Measurements behind defaults").
 CPU_THREADS = 1
 BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)  # ColorJitter's operations
 

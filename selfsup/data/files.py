@@ -1,10 +1,11 @@
 """Image files: reading any image as RGB, indexing image folders (class folders or flat), held-out splits, and the
 dataset of a list of files.
 
-Corrupt images are detected when decoded, not when the folder is indexed: decoding a header costs about 0.25 ms per
-file here (about 5 minutes for ImageNet, at every start) and would still miss truncated files. An unreadable file
-raises :class:`DataError` naming it; with ``skip_corrupt`` the next readable image of the list is returned instead and
-a :class:`CorruptImageWarning` names the file and the running count of skipped files of that process.
+Corrupt images are detected when decoded, not when the folder is indexed: decoding every header at every start would
+take minutes on ImageNet (docs/benchmarks.md, "Measurements behind defaults") and would still miss truncated files.
+An unreadable file raises :class:`DataError` naming it; with ``skip_corrupt`` the next readable image of the list is
+returned instead and a :class:`CorruptImageWarning` names the file and the running count of skipped files of that
+process.
 """
 
 from __future__ import annotations

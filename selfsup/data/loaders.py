@@ -87,8 +87,8 @@ class EpochSampler(DistributedSampler):
 
 class SeededSamples(Dataset):
     """Items ``(index, seed)`` -> ``dataset[index]``, loaded with torch's (CPU), numpy's and Python's global RNGs
-    seeded with ``seed``. The RNG states are restored after each batch (0.1 ms), so the loading process's own random
-    streams (the training process's, with ``num_workers=0``) are left as they were."""
+    seeded with ``seed``. The RNG states are restored after each batch, so the loading process's own random streams
+    (the training process's, with ``num_workers=0``) are left as they were."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset

@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import os
 import tarfile
-from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import attr
+import attrs
 import torchvision
 from PIL import Image
 from torch.utils.data import Dataset
@@ -46,9 +47,7 @@ from selfsup.data.files import (
 )
 from selfsup.data.synthetic import SYNTHETIC_CLASSES, SYNTHETIC_MEAN, SYNTHETIC_STD, SyntheticShapes
 from selfsup.data.views import EVAL_CENTER_CROP_FRACTION, build_eval_transform
-
-if TYPE_CHECKING:
-    from selfsup.config.fields import DataSourceOptions
+from selfsup.options import option
 
 DatasetPair = Tuple[Dataset, Dataset]  # (train, validation or test)
 
@@ -65,6 +64,27 @@ STL10_MEAN = (0.4467, 0.4398, 0.4066)
 STL10_STD = (0.2603, 0.2566, 0.2713)
 _FIXED_SIZE_DATASETS = ("stl10", "cifar10", "synthetic")
 _TORCHVISION = {"cifar10": torchvision.datasets.CIFAR10, "stl10": torchvision.datasets.STL10}
+
+
+@attrs.frozen(kw_only=True, slots=False)
+class DataSourceOptions:
+    """Data source"""
+
+    dataset_name: str = option("stl10", "'stl10', 'cifar10', 'imagenet', 'imagefolder' or 'synthetic' "
+                                        "(docs/data.md)", choices=DATASETS)
+    data_path: Optional[str] = option(None, "dataset root; None = env DATA_PATH, then the working directory")
+    transform_crop_size: Optional[int] = option(None, "side of the global crops in px; None = the dataset's default",
+                                                low=1)
+    holdout_fraction: float = option(0.1, "'imagefolder' without a val/ folder: fraction of train held out for "
+                                          "validation", low=0, high=1, low_open=True)
+    skip_corrupt_images: bool = option(False, "skip unreadable images (and report how many) instead of raising")
+    synthetic_image_size: int = option(32, "'synthetic': side of the generated images in px", low=1)
+    synthetic_train_size: int = option(4096, "'synthetic': number of training images", low=1)
+    synthetic_val_size: int = option(1024, "'synthetic': number of validation images", low=1)
+    data_seed: int = option(0, "seed of the synthetic images, of held-out splits and of the validation probe's split",
+                            low=0)
+    num_data_workers: int = option(4, "DataLoader worker processes per device", low=0)
+    pin_data_memory: bool = option(True, "page-locked host memory for faster host-to-GPU copies")
 
 
 @attr.s(auto_attribs=True, frozen=True)

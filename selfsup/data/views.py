@@ -1,20 +1,21 @@
-"""View transforms: the description of each view (crop size, crop scale, colour augmentation), the per-image PIL
-pipeline that realizes it (augmentation_backend "pil"), and the deterministic evaluation and stored-image
-transforms. The batched pipeline (``batched.py``) realizes the same descriptions on whole batches."""
+"""View transforms: the options of the views and batches, the description of each view (crop size, crop scale,
+colour augmentation), the per-image PIL pipeline that realizes it (augmentation_backend "pil"), and the deterministic
+evaluation and stored-image transforms. The batched pipeline (``batched.py``) realizes the same descriptions on whole
+batches."""
 
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any, Callable, List, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import attr
+import attrs
 import torch
 import torchvision.transforms as T
 from PIL import Image
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from selfsup.config.fields import ViewOptions
+from selfsup.options import option
 
 ViewTransform = Callable[[Image.Image], Any]  # PIL RGB image -> view (a Tensor for the built-in transforms)
 
@@ -26,6 +27,39 @@ TRANSFORM_TYPES = ("simclr", "byol")
 AUGMENTATION_BACKENDS = ("batched", "pil")
 
 
+def _float_pair(value: Any) -> Tuple[float, float]:
+    return tuple(float(v) for v in value)  # type: ignore[return-value]
+
+
+@attrs.frozen(kw_only=True, slots=False)
+class ViewOptions:
+    """Views and batches"""
+
+    batch_size: int = option(256, "images per device per optimizer step (each image gives num_global_crops views)",
+                             low=1)
+    transform_s: float = option(0.5, "colour-jitter strength s (brightness/contrast/saturation 0.8s, hue 0.2s)",
+                                low=0)
+    transform_apply_blur: bool = option(True, "Gaussian blur (p=0.5, sigma 0.1-2) in the 'simclr' pipeline")
+    transform_type: str = option("simclr", "'simclr': MoCo v2/SimCLR views; 'byol': asymmetric blur/solarize pair",
+                                 choices=TRANSFORM_TYPES)
+    augmentation_backend: str = option("batched", "'batched': views made per batch on the training device; 'pil': "
+                                                  "per image in the DataLoader", choices=AUGMENTATION_BACKENDS)
+    num_global_crops: int = option(2, "views per image at transform_crop_size", low=1)
+    num_local_crops: int = option(0, "extra small views per image (multi-crop); they are queries only", low=0)
+    local_crop_size: Optional[int] = option(None, "side of local crops in px; None = 3/7 of the global crop (96/224)",
+                                            low=1)
+    global_crop_scale: Tuple[float, float] = option((0.2, 1.0), "area fraction range of the global crops",
+                                                    converter=_float_pair)
+    local_crop_scale: Tuple[float, float] = option((0.05, 0.4), "area fraction range of the local crops",
+                                                   converter=_float_pair)
+    decode_on_device: bool = option(False, "decode the image files on the training device (CUDA: batched nvJPEG), "
+                                           "the loader workers only reading bytes; file datasets with the 'batched' "
+                                           "backend; on a CPU the loader decodes as usual")
+    seed: int = option(0, "run seed: data order and per-sample augmentations; the command line also seeds weight "
+                          "init and RNGs", low=0)
+    drop_last_batch: bool = option(True, "drop the incomplete last training batch (queues need equal batches)")
+
+
 @functools.lru_cache(maxsize=None)
 def reflect_indices(size: int, half: int) -> Tensor:
     """Indices that pad a side of ``size`` pixels by ``half`` on each end with reflection (as F.pad's "reflect")."""
@@ -35,10 +69,9 @@ def reflect_indices(size: int, half: int) -> Tensor:
 
 class GaussianBlur:
     """Gaussian blur of a [C, H, W] float tensor with sigma ~ U(sigma range): torchvision's GaussianBlur (same kernel,
-    reflect padding), computed as 2 x kernel_size shifted, weighted sums because depthwise convolution is slow on CPU
-    (measured here: 58 us instead of 330 us at 32 px / 3 taps, 1.9 ms instead of 10.8 ms at 224 px / 23 taps). Padding
-    uses index_select: F.pad's reflect kernel always forks intra-op threads, and took 8 ms instead of 15 us per call in
-    a process with 2 torch threads on a busy machine (the main process when num_workers=0)."""
+    reflect padding), computed as 2 x kernel_size shifted, weighted sums because depthwise convolution is slower on a
+    CPU. Padding uses index_select because F.pad's reflect kernel always forks intra-op threads, which stalls a busy
+    machine. Both timings are in docs/benchmarks.md ("Measurements behind defaults")."""
 
     def __init__(self, kernel_size: int, sigma: Tuple[float, float] = BLUR_SIGMA) -> None:
         if kernel_size < 1 or kernel_size % 2 == 0:
@@ -100,7 +133,7 @@ def view_transform(crop: int, scale: Tuple[float, float], photometric: Photometr
                    std: Sequence[float]) -> T.Compose:
     """PIL RGB image -> normalized float [3, crop, crop] view. Blur and solarize run on the float tensor (a PIL round
     trip would cost more), after the PIL colour steps, in BYOL's order. torchvision's v1 transforms, not v2: v2's
-    per-transform dispatch made this pipeline ~15% slower at 32 px (measured here)."""
+    per-transform dispatch made this pipeline slower (docs/benchmarks.md, "Measurements behind defaults")."""
     steps: List[Callable[..., Any]] = [
         T.RandomResizedCrop(crop, scale=scale),
         T.RandomHorizontalFlip(),

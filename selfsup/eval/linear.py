@@ -21,12 +21,11 @@ from pytorch_lightning.utilities.types import OptimizerLRSchedulerConfig
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from selfsup import data, dist
-from selfsup.config.fields import DataSourceOptions, EncoderOptions
-from selfsup.config.options import build_attrs, check_fields, option
+from selfsup import data, distributed
+from selfsup.data.sources import DataSourceOptions
 from selfsup.eval import probes
-from selfsup.methods.base import identity
-from selfsup.nn.backbones import get_encoder, use_channels_last, with_representation
+from selfsup.nn.backbones import EncoderOptions, get_encoder, use_channels_last, with_representation
+from selfsup.options import build_attrs, check_fields, option
 
 LR_MILESTONES = (0.6, 0.8)  # fractions of the epochs after which the learning rate is divided by 10
 CLASSIFIER_INIT_STD = 0.01  # normal init of the linear layer's weights (bias 0), as MoCo's linear evaluation
@@ -128,7 +127,8 @@ class LinearClassifierMethod(pl.LightningModule):
         nn.init.normal_(self.classifier.weight, std=CLASSIFIER_INIT_STD)
         nn.init.zeros_(self.classifier.bias)
         # The training and validation steps see images, or already the encoder's features.
-        self.featurize: Callable[[Tensor], Tensor] = identity if params.precompute_features else self.encode
+        self.featurize: Callable[[Tensor], Tensor] = (distributed.identity if params.precompute_features
+                                                      else self.encode)
         self._images: Optional[Tuple[Dataset, Dataset]] = None
         self._features: Optional[Tuple[TensorDataset, TensorDataset]] = None
 
@@ -243,7 +243,7 @@ class LinearClassifierMethod(pl.LightningModule):
         features, labels = [], []
         loader = self._loader(dataset, shuffle=False, drop_last=False)
         progress = data.loaders.with_progress(loader, len(dataset), "features",  # type: ignore[arg-type]
-                                              enabled=dist.rank() == 0)
+                                              enabled=distributed.rank() == 0)
         for x, y in progress:
             features.append(self.model(x.to(self.device)).float().cpu())
             labels.append(y)

@@ -1,31 +1,22 @@
-"""Barlow Twins (loss_type "barlow"): the cross-correlation of batch-standardized projections pushed to the
-identity."""
+"""Barlow Twins (loss_type "barlow_twins", formerly "barlow"): the cross-correlation of batch-standardized
+projections pushed to the identity."""
 
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import attrs
 import torch
 from torch import Tensor
 
-from selfsup.config.options import option
-from selfsup.methods.base import (
-    BYOL_VIEWS,
-    LARS_WITHOUT_BIAS_AND_NORM,
-    NO_NEGATIVES,
-    Method,
-    PairFunctionCriterion,
-    PairwiseCriterion,
-    Preset,
-    as_terms,
-    fp32,
-    register,
-)
-
-if TYPE_CHECKING:
-    from selfsup.config.fields import ModelParams
+from selfsup.methods.criteria import PairFunctionCriterion, PairwiseCriterion, as_terms
+from selfsup.methods.losses import fp32
+from selfsup.methods.method import Method
+from selfsup.methods.options import SharedParams, options_of
+from selfsup.methods.preset import BYOL_VIEWS, LARS_WITHOUT_BIAS_AND_NORM, NO_NEGATIVES, Preset
+from selfsup.methods.registry import register
+from selfsup.options import option
 
 
 def barlow_twins_loss(z_a: Tensor, z_b: Tensor, off_diagonal_weight: float, eps: float = 1e-5) -> Tensor:
@@ -58,7 +49,7 @@ BARLOW_TWINS = Preset(
     "pushed to the identity (lambda=0.0051), 3-layer BN projector (2048 wide for ResNet-18 instead of 8192), LARS "
     "with biases and norm layers excluded.",
     fields=dict(
-        loss_type="barlow",
+        loss_type="barlow_twins",
         use_lagging_model=False,
         use_unit_sphere_projection=False,
         projection_mlp_layers=3,
@@ -78,11 +69,14 @@ BARLOW_TWINS = Preset(
 
 @register
 class BarlowTwins(Method):
-    loss_types = ("barlow",)
+    loss_types = ("barlow_twins",)
+    aliases = {"barlow": "barlow_twins"}
+    options = BarlowTwinsOptions
     presets = (BARLOW_TWINS,)
     momentum_target = False
 
-    def criterion(self, p: ModelParams, pairs: Sequence[Tuple[int, int]], reduction: str,
+    def criterion(self, p: SharedParams, pairs: Sequence[Tuple[int, int]], reduction: str,
                   factor: float) -> PairwiseCriterion:
-        loss = as_terms(functools.partial(barlow_twins_loss, off_diagonal_weight=p.barlow_lambda))
+        weight = options_of(p, BarlowTwinsOptions).barlow_lambda
+        loss = as_terms(functools.partial(barlow_twins_loss, off_diagonal_weight=weight))
         return PairFunctionCriterion(pairs, reduction, factor, loss)

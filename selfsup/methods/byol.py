@@ -1,27 +1,20 @@
-"""BYOL (loss_type "ip"): the inner-product loss of the original repository, which is BYOL's 2 - 2cos with
-``loss_constant_factor`` 2 and no negatives, and a contrastive inner-product loss when negatives are given (the
-BYOL blog's ablations)."""
+"""BYOL (loss_type "byol", formerly "ip"): the inner-product loss of the original repository, which is BYOL's
+2 - 2cos with ``loss_constant_factor`` 2 and no negatives, and a contrastive inner-product loss when negatives are
+given (the BYOL blog's ablations)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence, Tuple
+from typing import Sequence, Tuple
 
 from torch import Tensor
 
-from selfsup.methods.base import (
-    BYOL_VIEWS,
-    LARS_WITHOUT_BIAS_AND_NORM,
-    Method,
-    PairwiseCriterion,
-    Preset,
-    fp32,
-    register,
-    suspicious,
-)
 from selfsup.methods.contrastive import ContrastiveCriterion, candidates_gather, same_view_negatives
-
-if TYPE_CHECKING:
-    from selfsup.config.fields import ModelParams
+from selfsup.methods.criteria import PairwiseCriterion
+from selfsup.methods.losses import fp32
+from selfsup.methods.method import Method
+from selfsup.methods.options import SharedParams, suspicious
+from selfsup.methods.preset import BYOL_VIEWS, LARS_WITHOUT_BIAS_AND_NORM, Preset
+from selfsup.methods.registry import register
 
 
 def inner_product_loss(pos: Tensor, neg: Tensor) -> Tensor:
@@ -43,7 +36,7 @@ BYOL_PRESET = Preset(
     fields=dict(
         prediction_mlp_layers=2,
         mlp_normalization="bn",
-        loss_type="ip",
+        loss_type="byol",
         use_negative_examples_from_queue=False,
         use_both_augmentations_as_queries=True,
         use_momentum_schedule=True,
@@ -56,19 +49,20 @@ BYOL_PRESET = Preset(
 
 @register
 class BYOL(Method):
-    loss_types = ("ip",)
+    loss_types = ("byol",)
+    aliases = {"ip": "byol"}
     presets = (BYOL_PRESET,)
     reads_negatives = True
 
-    def uses_queue(self, p: ModelParams) -> bool:
+    def uses_queue(self, p: SharedParams) -> bool:
         return p.use_negative_examples_from_queue
 
-    def check(self, p: ModelParams) -> None:
+    def check(self, p: SharedParams) -> None:
         has_negatives = p.use_negative_examples_from_batch or p.use_negative_examples_from_queue
         if not (has_negatives or p.use_lagging_model or p.use_target_stop_gradient):
             suspicious("a loss without negatives, without a lagging model and without a stop-gradient collapses")
 
-    def criterion(self, p: ModelParams, pairs: Sequence[Tuple[int, int]], reduction: str,
+    def criterion(self, p: SharedParams, pairs: Sequence[Tuple[int, int]], reduction: str,
                   factor: float) -> PairwiseCriterion:
         return ContrastiveCriterion(pairs, reduction, factor, inner_product_loss, p.use_negative_examples_from_batch,
                                     same_view_negatives(p), candidates_gather(p))

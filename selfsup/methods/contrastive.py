@@ -1,47 +1,32 @@
-"""Contrastive methods (loss_type "ce", "bce"): MoCo v1/v2/v3, SimCLR v1/v2 and EqCo.
+"""Contrastive methods (loss_type "contrastive", "binary_contrastive"; formerly "ce", "bce"): MoCo v1/v2/v3, SimCLR
+v1/v2 and EqCo.
 
 The positive of a query is the key of the same image in another view; negatives come from a queue of past keys
-and/or the batch. "ce" is InfoNCE (with ``use_eqco_margin``, EqCo's rescaled negatives), "bce" a binary
-cross-entropy on every logit. Contrastive losses take the similarities of each anchor with its positive, ``pos``
-[B], and with its negatives, ``neg`` [B, N] (N may be 0), so one representation serves queues, in-batch negatives and
-gathered candidates.
+and/or the batch. "contrastive" is InfoNCE (with ``use_eqco_margin``, EqCo's rescaled negatives),
+"binary_contrastive" a binary cross-entropy on every logit. Contrastive losses take the similarities of each anchor
+with its positive, ``pos`` [B], and with its negatives, ``neg`` [B, N] (N may be 0), so one representation serves
+queues, in-batch negatives and gathered candidates.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Sequence, Tuple
+from typing import Any, Callable, Dict, Mapping, Sequence, Tuple
 
 import attrs
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from selfsup import dist
-from selfsup.config.options import option
-from selfsup.methods.base import (
-    BYOL_VIEWS,
-    LARS_WITHOUT_BIAS_AND_NORM,
-    LossOutput,
-    Method,
-    PairLoss,
-    PairwiseCriterion,
-    Preset,
-    Step,
-    accuracy_metrics,
-    cosine_metrics,
-    fail,
-    fp32,
-    identity,
-    own_rows,
-    register,
-    split_positive,
-    suspicious,
-)
-
-if TYPE_CHECKING:
-    from selfsup.config.fields import ModelParams
+from selfsup import distributed
+from selfsup.methods.criteria import LossOutput, PairLoss, PairStep, PairwiseCriterion
+from selfsup.methods.losses import accuracy_metrics, cosine_metrics, fp32, own_rows, split_positive
+from selfsup.methods.method import Method
+from selfsup.methods.options import SharedParams, fail, options_of, suspicious
+from selfsup.methods.preset import BYOL_VIEWS, LARS_WITHOUT_BIAS_AND_NORM, Preset
+from selfsup.methods.registry import register
+from selfsup.options import option
 
 
 def info_nce_loss(pos: Tensor, neg: Tensor, temperature: float, neg_log_factor: float = 0.0) -> Tensor:
@@ -76,7 +61,7 @@ class ContrastiveCriterion(PairwiseCriterion):
 
     In-batch negatives are the other images' keys of view t and, when ``same_view_negatives`` (the target is the
     online network, as in SimCLR), the other images' keys of the query's own view s: NT-Xent's 2B-2 negatives.
-    ``gather`` collects candidates from every process with gradient (:func:`dist.gather_with_grad`, identity in a
+    ``gather`` collects candidates from every process with gradient (:func:`distributed.gather_with_grad`, identity in a
     single process) or is the identity (per-device negatives); positives sit at this process's offset in the
     candidates.
     """
@@ -89,7 +74,7 @@ class ContrastiveCriterion(PairwiseCriterion):
         loss_fn: PairLoss,
         batch_negatives: bool,
         same_view_negatives: bool,
-        gather: Callable[[Tensor], Tensor] = dist.gather_with_grad,
+        gather: Callable[[Tensor], Tensor] = distributed.gather_with_grad,
     ) -> None:
         super().__init__(pairs, reduction, factor)
         self.loss_fn = loss_fn
@@ -97,7 +82,7 @@ class ContrastiveCriterion(PairwiseCriterion):
         self.same_view_negatives = same_view_negatives
         self.gather = gather
 
-    def pair_loss(self, s: int, t: int, step: Step) -> LossOutput:
+    def pair_loss(self, s: int, t: int, step: PairStep) -> LossOutput:
         query, key = step.queries[s], step.keys[t]
         assert query is not None and key is not None
         negatives = []
@@ -114,7 +99,7 @@ class ContrastiveCriterion(PairwiseCriterion):
             own = own_rows(query.shape[0], candidates.shape[0], query.device)
             negatives.append(split_positive(query @ candidates.T, own)[1])
         if step.memory is not None:
-            negatives.append(query @ step.memory)  # [B, K]
+            negatives.append(query @ step.memory[0].T)  # [B, K]: the queue holds one slot of keys
         neg = torch.cat(negatives, dim=1) if negatives else query.new_zeros(query.shape[0], 0)
         metrics = cosine_metrics(query, key)
         if self.batch_negatives or step.memory is not None:  # logged from the first step, when the queue is empty
@@ -122,15 +107,21 @@ class ContrastiveCriterion(PairwiseCriterion):
         return LossOutput(self.loss_fn(pos, neg), metrics)
 
 
-def candidates_gather(p: ModelParams) -> Callable[[Tensor], Tensor]:
+def candidates_gather(p: SharedParams) -> Callable[[Tensor], Tensor]:
     """In-batch candidates: the global batch (gradients return to the process that produced each embedding) or this
     process's batch only."""
-    return dist.gather_with_grad if p.gather_negatives_across_devices else identity
+    return distributed.gather_with_grad if p.gather_negatives_across_devices else distributed.identity
 
 
-def same_view_negatives(p: ModelParams) -> bool:
-    """NT-Xent's negatives from the query's own view: in-batch negatives, no EMA target, symmetric loss."""
-    return p.use_negative_examples_from_batch and not p.use_lagging_model and p.use_both_augmentations_as_queries
+def same_view_candidates(p: SharedParams) -> bool:
+    """Whether the other images' keys of the query's own view are candidates too (NT-Xent's 2B-2): the keys are the
+    online projections (no EMA target) of every global view (a symmetric loss)."""
+    return not p.use_lagging_model and p.use_both_augmentations_as_queries
+
+
+def same_view_negatives(p: SharedParams) -> bool:
+    """NT-Xent's negatives from the query's own view: in-batch negatives with :func:`same_view_candidates`."""
+    return p.use_negative_examples_from_batch and same_view_candidates(p)
 
 
 @attrs.frozen(kw_only=True, slots=False)
@@ -142,7 +133,10 @@ class EqCoOptions:
     use_eqco_margin: bool = option(False, "EqCo: scale the negative sum by eqco_alpha / (number of negatives)")
 
 
-_LOSSES: Mapping[str, Callable[..., Tensor]] = {"ce": info_nce_loss, "bce": binary_contrastive_loss}
+_LOSSES: Mapping[str, Callable[..., Tensor]] = {
+    "contrastive": info_nce_loss,
+    "binary_contrastive": binary_contrastive_loss,
+}
 
 
 _SIMCLR: Dict[str, Any] = dict(
@@ -231,27 +225,30 @@ EQCO = Preset(
 @register
 class Contrastive(Method):
     loss_types = tuple(_LOSSES)
+    aliases = {"ce": "contrastive", "bce": "binary_contrastive"}
+    options = EqCoOptions
     presets = (MOCO_V2, MOCO, MOCO_V3, SIMCLR, SIMCLR_V2, EQCO)
     reads_negatives = True
 
-    def uses_queue(self, p: ModelParams) -> bool:
+    def uses_queue(self, p: SharedParams) -> bool:
         return p.use_negative_examples_from_queue
 
-    def check(self, p: ModelParams) -> None:
+    def check(self, p: SharedParams) -> None:
         if not (p.use_negative_examples_from_batch or p.use_negative_examples_from_queue):
             fail("loss_type", f"{p.loss_type!r} needs negatives: set use_negative_examples_from_batch or "
                               "use_negative_examples_from_queue")
         if not p.use_unit_sphere_projection:
             suspicious(f"loss_type={p.loss_type!r} on unnormalized embeddings: logits are unbounded")
 
-    def check_options(self, p: ModelParams) -> None:
-        if p.use_eqco_margin and _LOSSES.get(p.loss_type) is not info_nce_loss:
-            fail("use_eqco_margin", f"the EqCo margin is defined for loss_type='ce', not {p.loss_type!r}")
+    def check_options(self, p: SharedParams) -> None:
+        if options_of(p, EqCoOptions).use_eqco_margin and _LOSSES.get(p.loss_type) is not info_nce_loss:
+            fail("use_eqco_margin", f"the EqCo margin is defined for loss_type='contrastive', not {p.loss_type!r}")
 
-    def criterion(self, p: ModelParams, pairs: Sequence[Tuple[int, int]], reduction: str,
+    def criterion(self, p: SharedParams, pairs: Sequence[Tuple[int, int]], reduction: str,
                   factor: float) -> PairwiseCriterion:
-        if p.use_eqco_margin:
-            loss_fn: PairLoss = functools.partial(eqco_loss, temperature=p.T, alpha=p.eqco_alpha)
+        eqco = options_of(p, EqCoOptions)
+        if eqco.use_eqco_margin:
+            loss_fn: PairLoss = functools.partial(eqco_loss, temperature=p.T, alpha=eqco.eqco_alpha)
         else:
             loss_fn = functools.partial(_LOSSES[p.loss_type], temperature=p.T)
         return ContrastiveCriterion(pairs, reduction, factor, loss_fn, p.use_negative_examples_from_batch,

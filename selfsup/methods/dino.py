@@ -3,33 +3,22 @@ that ends in a prototype layer."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, Sequence, Tuple
+from typing import Any, Dict, Sequence, Tuple
 
 import attrs
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from selfsup import dist
-from selfsup.config.options import option
-from selfsup.methods.base import (
-    LARS_WITHOUT_BIAS_AND_NORM,
-    NO_NEGATIVES,
-    LossOutput,
-    Method,
-    PairwiseCriterion,
-    Preset,
-    Step,
-    Views,
-    cosine_metrics,
-    cross_entropy_with_soft_targets,
-    fail,
-    fp32,
-    register,
-)
-
-if TYPE_CHECKING:
-    from selfsup.config.fields import ModelParams
+from selfsup import distributed
+from selfsup.methods.criteria import LossOutput, PairStep, PairwiseCriterion
+from selfsup.methods.losses import cosine_metrics, cross_entropy_with_soft_targets, fp32
+from selfsup.methods.method import Method
+from selfsup.methods.options import SharedParams, fail, options_of
+from selfsup.methods.preset import LARS_WITHOUT_BIAS_AND_NORM, NO_NEGATIVES, Preset
+from selfsup.methods.registry import register
+from selfsup.nn.heads import Prototypes
+from selfsup.options import option
 
 # Short runs: the teacher-temperature warmup takes the fraction of the run it takes in the paper (30 of 100 epochs),
 # prototype freezing that of the official recipe (1 of 100 epochs).
@@ -82,7 +71,7 @@ class DINOCriterion(PairwiseCriterion):
         progress = min(epoch / self.warmup_epochs, 1.0) if self.warmup_epochs > 0 else 1.0
         self.teacher_temperature = self.warmup_start + progress * (self.final_teacher_temperature - self.warmup_start)
 
-    def pair_loss(self, s: int, t: int, step: Step) -> LossOutput:
+    def pair_loss(self, s: int, t: int, step: PairStep) -> LossOutput:
         query, key = step.queries[s], step.keys[t]
         assert query is not None and key is not None
         loss = dino_loss(query, key, self.center, self.student_temperature, self.teacher_temperature)
@@ -91,9 +80,9 @@ class DINOCriterion(PairwiseCriterion):
         )
 
     @torch.no_grad()
-    def after_step(self, keys: Views) -> None:
-        teacher = torch.cat([k for k in keys if k is not None])
-        batch_mean = dist.gather(teacher).float().mean(dim=0)
+    def after_step(self, step: PairStep, output: LossOutput) -> None:
+        teacher = torch.cat([k for k in step.keys if k is not None])
+        batch_mean = distributed.gather(teacher).float().mean(dim=0)
         self.center.mul_(self.center_momentum).add_(batch_mean, alpha=1 - self.center_momentum)
 
 
@@ -152,37 +141,40 @@ DINO_PRESET = Preset(
 @register
 class DINO(Method):
     loss_types = ("dino",)
+    options = DINOOptions
     presets = (DINO_PRESET,)
     momentum_target = True
 
-    def head_prototypes(self, p: ModelParams) -> int:
-        return p.num_prototypes
+    def head_prototypes(self, p: SharedParams) -> Prototypes:
+        return Prototypes(p.num_prototypes, p.freeze_prototypes_epochs)
 
-    def check(self, p: ModelParams) -> None:
+    def check(self, p: SharedParams) -> None:
         if p.use_unit_sphere_projection:
             fail("use_unit_sphere_projection", "loss_type='dino' takes softmaxes of the prototype logits, which must "
                                                "not be normalized; set it to False")
 
-    def criterion(self, p: ModelParams, pairs: Sequence[Tuple[int, int]], reduction: str,
+    def criterion(self, p: SharedParams, pairs: Sequence[Tuple[int, int]], reduction: str,
                   factor: float) -> PairwiseCriterion:
+        d = options_of(p, DINOOptions)
         return DINOCriterion(
             pairs, reduction, factor,
             num_prototypes=p.num_prototypes,
             student_temperature=p.T,
-            teacher_temperature=p.teacher_temperature,
-            warmup_start=p.teacher_temperature_warmup_start,
-            warmup_epochs=p.teacher_temperature_warmup_epochs,
-            center_momentum=p.center_momentum,
+            teacher_temperature=d.teacher_temperature,
+            warmup_start=d.teacher_temperature_warmup_start,
+            warmup_epochs=d.teacher_temperature_warmup_epochs,
+            center_momentum=d.center_momentum,
         )
 
-    def short_run_overrides(self, p: ModelParams) -> Dict[str, Any]:
+    def short_run_overrides(self, p: SharedParams) -> Dict[str, Any]:
         epochs = p.max_epochs
         return dict(
             teacher_temperature_warmup_epochs=min(
-                p.teacher_temperature_warmup_epochs, round(SHORT_RUN_TEACHER_WARMUP_FRACTION * epochs)
+                options_of(p, DINOOptions).teacher_temperature_warmup_epochs,
+                round(SHORT_RUN_TEACHER_WARMUP_FRACTION * epochs),
             ),
             freeze_prototypes_epochs=min(p.freeze_prototypes_epochs, int(SHORT_RUN_FREEZE_FRACTION * epochs)),
         )
 
-    def small_run_overrides(self, p: ModelParams, batch_size: int) -> Dict[str, Any]:
+    def small_run_overrides(self, p: SharedParams, batch_size: int) -> Dict[str, Any]:
         return dict(num_prototypes=16, num_local_crops=min(p.num_local_crops, 2))

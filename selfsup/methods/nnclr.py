@@ -3,36 +3,25 @@ the positive of the other view's prediction."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Sequence, Tuple
+from typing import Callable, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-from selfsup import dist
-from selfsup.methods.base import (
-    BYOL_VIEWS,
-    LARS_WITHOUT_BIAS_AND_NORM,
-    LossOutput,
-    Method,
-    PairwiseCriterion,
-    Preset,
-    Step,
-    accuracy_metrics,
-    cosine_metrics,
-    fail,
-    own_rows,
-    register,
-    split_positive,
-)
+from selfsup import distributed
 from selfsup.methods.contrastive import candidates_gather, info_nce_loss
-
-if TYPE_CHECKING:
-    from selfsup.config.fields import ModelParams
+from selfsup.methods.criteria import LossOutput, PairStep, PairwiseCriterion
+from selfsup.methods.losses import accuracy_metrics, cosine_metrics, own_rows, split_positive
+from selfsup.methods.method import Method
+from selfsup.methods.options import SharedParams
+from selfsup.methods.preset import BYOL_VIEWS, LARS_WITHOUT_BIAS_AND_NORM, NO_NEGATIVES, Preset
+from selfsup.methods.registry import register
 
 
 class NNCLRCriterion(PairwiseCriterion):
-    """NNCLR: the nearest neighbour of key t in the support set (memory) is the anchor; the candidates are the
-    queries of view s of every image in the batch (gathered with gradient), the positive being the same image."""
+    """NNCLR: the nearest neighbour of key t in the support set (the step's memory, one slot of past keys) is the
+    anchor; the candidates are the queries of view s of every image in the batch (gathered with gradient), the
+    positive being the same image."""
 
     def __init__(
         self,
@@ -40,18 +29,20 @@ class NNCLRCriterion(PairwiseCriterion):
         reduction: str,
         factor: float,
         temperature: float,
-        gather: Callable[[Tensor], Tensor] = dist.gather_with_grad,
+        gather: Callable[[Tensor], Tensor] = distributed.gather_with_grad,
     ) -> None:
         super().__init__(pairs, reduction, factor)
         self.temperature = temperature
         self.gather = gather
 
-    def pair_loss(self, s: int, t: int, step: Step) -> LossOutput:
+    def pair_loss(self, s: int, t: int, step: PairStep) -> LossOutput:
         query, key, memory = step.queries[s], step.keys[t], step.memory
         assert query is not None and key is not None and memory is not None, "NNCLR needs its support set"
+        support = memory[0]  # [K, D]
         with torch.no_grad():
-            # the first step has an empty support set: each key is its own neighbour
-            neighbours = memory.T[(key @ memory).argmax(dim=1)] if memory.shape[1] else key  # [B, D]
+            # the first step has an empty support set: each key is its own neighbour (detached as any neighbour: the
+            # key may carry gradient when the target is the online network without a stop-gradient)
+            neighbours = support[(key @ support.T).argmax(dim=1)] if support.shape[0] else key.detach()  # [B, D]
         candidates = self.gather(query)
         own = own_rows(query.shape[0], candidates.shape[0], query.device)
         pos, neg = split_positive(neighbours @ candidates.T, own)
@@ -68,8 +59,6 @@ NNCLR_PRESET = Preset(
     "predictions in the batch, averaged over both orderings; 3-layer BN projector, 4096-wide predictor, LARS.",
     fields=dict(
         loss_type="nnclr",
-        use_negative_examples_from_batch=True,
-        use_negative_examples_from_queue=False,
         use_lagging_model=False,
         use_target_stop_gradient=True,
         use_both_augmentations_as_queries=True,
@@ -87,6 +76,7 @@ NNCLR_PRESET = Preset(
         weight_decay=1e-6,
         lars_warmup_epochs=10,
         **BYOL_VIEWS,
+        **NO_NEGATIVES,
         **LARS_WITHOUT_BIAS_AND_NORM,
     ),
 )
@@ -96,17 +86,11 @@ NNCLR_PRESET = Preset(
 class NNCLR(Method):
     loss_types = ("nnclr",)
     presets = (NNCLR_PRESET,)
-    reads_negatives = True
     momentum_target = False
 
-    def uses_queue(self, p: ModelParams) -> bool:
+    def uses_queue(self, p: SharedParams) -> bool:
         return True  # the support set
 
-    def check(self, p: ModelParams) -> None:
-        if not p.use_negative_examples_from_batch:
-            fail("use_negative_examples_from_batch", "loss_type='nnclr' compares each anchor with the other samples "
-                                                     "of the batch; set use_negative_examples_from_batch=True")
-
-    def criterion(self, p: ModelParams, pairs: Sequence[Tuple[int, int]], reduction: str,
+    def criterion(self, p: SharedParams, pairs: Sequence[Tuple[int, int]], reduction: str,
                   factor: float) -> PairwiseCriterion:
         return NNCLRCriterion(pairs, reduction, factor, temperature=p.T, gather=candidates_gather(p))

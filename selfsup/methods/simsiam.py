@@ -1,27 +1,19 @@
-"""SimSiam (loss_type "neg_cos"): the negative cosine between one view's prediction and the other view's
-projection, with a stop-gradient on the projection and no momentum encoder."""
+"""SimSiam (loss_type "simsiam", formerly "neg_cos"): the negative cosine between one view's prediction and the
+other view's projection, with a stop-gradient on the projection and no momentum encoder."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import torch.nn.functional as F
 from torch import Tensor
 
-from selfsup.methods.base import (
-    NO_NEGATIVES,
-    Method,
-    PairFunctionCriterion,
-    PairwiseCriterion,
-    Preset,
-    as_terms,
-    fp32,
-    register,
-    suspicious,
-)
-
-if TYPE_CHECKING:
-    from selfsup.config.fields import ModelParams
+from selfsup.methods.criteria import PairFunctionCriterion, PairwiseCriterion, as_terms
+from selfsup.methods.losses import fp32
+from selfsup.methods.method import Method
+from selfsup.methods.options import SharedParams, suspicious
+from selfsup.methods.preset import NO_NEGATIVES, Preset
+from selfsup.methods.registry import register
 
 
 def negative_cosine_loss(p: Tensor, z: Tensor) -> Tensor:
@@ -40,7 +32,7 @@ SIMSIAM = Preset(
     "encoder, 3-layer projector with BN on its output, bottleneck predictor (2048-512-2048) whose learning rate is "
     "not scheduled; SGD lr 0.05 per 256 images.",
     fields=dict(
-        loss_type="neg_cos",
+        loss_type="simsiam",
         use_lagging_model=False,
         use_target_stop_gradient=True,
         use_both_augmentations_as_queries=True,
@@ -63,13 +55,14 @@ SIMSIAM = Preset(
 
 @register
 class SimSiam(Method):
-    loss_types = ("neg_cos",)
+    loss_types = ("simsiam",)
+    aliases = {"neg_cos": "simsiam"}
     presets = (SIMSIAM,)
 
-    def check(self, p: ModelParams) -> None:
+    def check(self, p: SharedParams) -> None:
         if not (p.use_lagging_model or p.use_target_stop_gradient):
             suspicious("a loss without negatives, without a lagging model and without a stop-gradient collapses")
 
-    def criterion(self, p: ModelParams, pairs: Sequence[Tuple[int, int]], reduction: str,
+    def criterion(self, p: SharedParams, pairs: Sequence[Tuple[int, int]], reduction: str,
                   factor: float) -> PairwiseCriterion:
         return PairFunctionCriterion(pairs, reduction, factor, as_terms(negative_cosine_loss))

@@ -3,30 +3,20 @@
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Callable, Sequence, Tuple
+from typing import Callable, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from selfsup import dist
-from selfsup.methods.base import (
-    LossOutput,
-    Method,
-    PairwiseCriterion,
-    Preset,
-    Step,
-    cosine_metrics,
-    fail,
-    fp32,
-    own_rows,
-    register,
-    split_positive,
-)
-from selfsup.methods.contrastive import ContrastiveCriterion, candidates_gather, info_nce_loss, same_view_negatives
-
-if TYPE_CHECKING:
-    from selfsup.config.fields import ModelParams
+from selfsup import distributed
+from selfsup.methods.contrastive import ContrastiveCriterion, candidates_gather, info_nce_loss, same_view_candidates
+from selfsup.methods.criteria import LossOutput, PairStep, PairwiseCriterion
+from selfsup.methods.losses import cosine_metrics, fp32, own_rows, split_positive
+from selfsup.methods.method import Method
+from selfsup.methods.options import SharedParams
+from selfsup.methods.preset import NO_NEGATIVES, Preset
+from selfsup.methods.registry import register
 
 
 def supervised_contrastive_loss(similarity: Tensor, positive_mask: Tensor, temperature: float) -> Tensor:
@@ -51,7 +41,7 @@ class SupConCriterion(ContrastiveCriterion):
         factor: float,
         temperature: float,
         same_view_negatives: bool,
-        gather: Callable[[Tensor], Tensor] = dist.gather_with_grad,
+        gather: Callable[[Tensor], Tensor] = distributed.gather_with_grad,
     ) -> None:
         super().__init__(
             pairs,
@@ -64,7 +54,7 @@ class SupConCriterion(ContrastiveCriterion):
         )
         self.temperature = temperature
 
-    def pair_loss(self, s: int, t: int, step: Step) -> LossOutput:
+    def pair_loss(self, s: int, t: int, step: PairStep) -> LossOutput:
         query, key, labels = step.queries[s], step.keys[t], step.labels
         assert query is not None and key is not None
         if labels is None or bool((labels < 0).any()):
@@ -92,13 +82,12 @@ SUPCON = Preset(
     "class is a positive, averaged outside the log; T=0.1. Needs labelled data.",
     fields=dict(
         loss_type="supcon",
-        use_negative_examples_from_batch=True,
-        use_negative_examples_from_queue=False,
         use_lagging_model=False,
         use_both_augmentations_as_queries=True,
         view_pair_reduction="mean",
         T=0.1,
         K=0,
+        **NO_NEGATIVES,
     ),
 )
 
@@ -107,18 +96,9 @@ SUPCON = Preset(
 class SupCon(Method):
     loss_types = ("supcon",)
     presets = (SUPCON,)
-    reads_negatives = True
     momentum_target = False
 
-    def check(self, p: ModelParams) -> None:
-        if not p.use_negative_examples_from_batch:
-            fail("use_negative_examples_from_batch", "loss_type='supcon' compares each anchor with the other samples "
-                                                     "of the batch; set use_negative_examples_from_batch=True")
-        if p.use_negative_examples_from_queue:
-            fail("use_negative_examples_from_queue", "loss_type='supcon' has no labels for queued keys; set it to "
-                                                     "False")
-
-    def criterion(self, p: ModelParams, pairs: Sequence[Tuple[int, int]], reduction: str,
+    def criterion(self, p: SharedParams, pairs: Sequence[Tuple[int, int]], reduction: str,
                   factor: float) -> PairwiseCriterion:
-        return SupConCriterion(pairs, reduction, factor, temperature=p.T, same_view_negatives=same_view_negatives(p),
+        return SupConCriterion(pairs, reduction, factor, temperature=p.T, same_view_negatives=same_view_candidates(p),
                                gather=candidates_gather(p))

@@ -3,34 +3,24 @@
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any, Callable, Dict, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import attrs
 import torch
 from torch import Tensor
 
-from selfsup import dist
-from selfsup.config.options import option
-from selfsup.methods.base import (
-    LARS_WITHOUT_BIAS_AND_NORM,
-    NO_NEGATIVES,
-    LossOutput,
-    Method,
-    PairwiseCriterion,
-    Preset,
-    Step,
-    Views,
-    cross_entropy_with_soft_targets,
-    fail,
-    fp32,
-    identity,
-    register,
-)
+from selfsup import distributed
+from selfsup.methods.criteria import LossOutput, PairStep, PairwiseCriterion
 from selfsup.methods.dino import SHORT_RUN_FREEZE_FRACTION
+from selfsup.methods.losses import cross_entropy_with_soft_targets, fp32
+from selfsup.methods.method import Method
+from selfsup.methods.options import SharedParams, options_of
+from selfsup.methods.preset import LARS_WITHOUT_BIAS_AND_NORM, NO_NEGATIVES, Preset
+from selfsup.methods.registry import register
+from selfsup.methods.steps import StateDict
 from selfsup.nn.heads import PrototypeLayer
-
-if TYPE_CHECKING:
-    from selfsup.config.fields import ModelParams
+from selfsup.nn.memory import Memory, check_length
+from selfsup.options import option
 
 
 @torch.no_grad()
@@ -38,8 +28,8 @@ def sinkhorn_knopp(
     scores: Tensor,
     epsilon: float,
     iterations: int,
-    sum_over_processes: Callable[[Tensor], Tensor] = identity,
-    max_over_processes: Callable[[Tensor], Tensor] = identity,
+    sum_over_processes: Callable[[Tensor], Tensor] = distributed.identity,
+    max_over_processes: Callable[[Tensor], Tensor] = distributed.identity,
 ) -> Tensor:
     """SwAV codes (Caron et al. 2020, arXiv:2006.09882): an equipartitioned soft assignment of B samples to K
     prototypes from scores [B, K], computed in fp32. Rows of the result sum to 1; columns to B/K.
@@ -60,8 +50,8 @@ def sinkhorn_knopp(
 
 class SwAVCriterion(PairwiseCriterion):
     """SwAV swapped prediction: Sinkhorn-Knopp codes of global view t (no gradient) predicted from the prototype
-    scores of view s. Owns the prototypes and the optional feature queue (per global view) that enlarges the batch
-    the codes are computed on."""
+    scores of view s. Owns the prototypes; the step's memory (SwAV's feature queue, one slot per global view), once
+    full, enlarges the batch the codes are computed on."""
 
     def __init__(
         self,
@@ -69,60 +59,39 @@ class SwAVCriterion(PairwiseCriterion):
         reduction: str,
         factor: float,
         dim: int,
-        num_prototypes: int,
+        prototypes: PrototypeLayer,
         temperature: float,
         epsilon: float,
         iterations: int,
-        num_global_views: int,
-        queue_length: int,
-        queue_start_epoch: int,
     ) -> None:
         super().__init__(pairs, reduction, factor)
-        self.prototypes = PrototypeLayer(dim, num_prototypes)
+        self.prototypes = prototypes
         self.temperature = temperature
         self.sinkhorn = functools.partial(
             sinkhorn_knopp,
             epsilon=epsilon,
             iterations=iterations,
-            sum_over_processes=dist.all_reduce_sum,
-            max_over_processes=dist.all_reduce_max,
+            sum_over_processes=distributed.all_reduce_sum,
+            max_over_processes=distributed.all_reduce_max,
         )
-        self.queue_start_epoch = queue_start_epoch
-        self.queue_active = False
-        self.feature_queue: Tensor
-        self.queue_filled: Tensor
-        self.register_buffer("feature_queue", torch.zeros(num_global_views, queue_length, dim))
-        self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
 
-    def set_epoch(self, epoch: int) -> None:
-        self.queue_active = self.feature_queue.shape[1] > 0 and epoch >= self.queue_start_epoch
-
-    def prepare(self, step: Step) -> Step:
-        return step._replace(keys=[None if k is None else self._codes(i, k) for i, k in enumerate(step.keys)])
+    def prepare(self, step: PairStep) -> PairStep:
+        codes = [None if k is None else self._codes(k, None if step.memory is None else step.memory[i])
+                 for i, k in enumerate(step.keys)]
+        return step._replace(keys=codes)
 
     @torch.no_grad()
-    def _codes(self, view: int, features: Tensor) -> Tensor:
+    def _codes(self, features: Tensor, queue: Optional[Tensor]) -> Tensor:
         scores = self.prototypes(features.detach())
-        queue = self.feature_queue[view]
-        if self.queue_active and int(self.queue_filled) >= queue.shape[0]:
+        if queue is not None:
             scores = torch.cat([scores, self.prototypes(queue)])
         return self.sinkhorn(scores)[: features.shape[0]]
 
-    def pair_loss(self, s: int, t: int, step: Step) -> LossOutput:
+    def pair_loss(self, s: int, t: int, step: PairStep) -> LossOutput:
         codes, query = step.keys[t], step.queries[s]
         assert codes is not None and query is not None
         loss = cross_entropy_with_soft_targets(codes, self.prototypes(query), self.temperature)
         return LossOutput(loss, {})
-
-    @torch.no_grad()
-    def after_step(self, keys: Views) -> None:
-        if not self.queue_active:
-            return
-        for view in range(self.feature_queue.shape[0]):
-            features = dist.gather(keys[view].detach()).to(self.feature_queue.dtype)  # type: ignore[union-attr]
-            queue = self.feature_queue[view]
-            queue.copy_(torch.cat([features, queue[: queue.shape[0] - features.shape[0]]]))
-        self.queue_filled.add_(features.shape[0])
 
 
 @attrs.frozen(kw_only=True, slots=False)
@@ -179,39 +148,55 @@ SWAV = Preset(
 @register
 class SwAV(Method):
     loss_types = ("swav",)
+    options = SwAVOptions
     presets = (SWAV,)
     momentum_target = False
 
-    def check(self, p: ModelParams) -> None:
-        if p.swav_queue_length % p.batch_size != 0:
-            fail("swav_queue_length", f"{p.swav_queue_length} must be a multiple of batch_size {p.batch_size}")
+    def check_memory(self, p: SharedParams) -> None:
+        length = options_of(p, SwAVOptions).swav_queue_length
+        if length:
+            check_length("swav_queue_length", length, p.batch_size)
 
-    def check_global_batch(self, p: ModelParams, global_batch: int) -> None:
-        if p.swav_queue_length % global_batch != 0:
-            raise ValueError(
-                f"ModelParams.swav_queue_length={p.swav_queue_length} must be a multiple of the global batch "
-                f"{global_batch} (batch_size {p.batch_size} x {global_batch // p.batch_size} processes): every step "
-                "enqueues the features of all processes"
-            )
-
-    def criterion(self, p: ModelParams, pairs: Sequence[Tuple[int, int]], reduction: str,
+    def criterion(self, p: SharedParams, pairs: Sequence[Tuple[int, int]], reduction: str,
                   factor: float) -> PairwiseCriterion:
+        s = options_of(p, SwAVOptions)
         return SwAVCriterion(
             pairs, reduction, factor,
             dim=p.dim,
-            num_prototypes=p.num_prototypes,
+            prototypes=PrototypeLayer(p.dim, p.num_prototypes, frozen_epochs=p.freeze_prototypes_epochs),
             temperature=p.T,
-            epsilon=p.sinkhorn_epsilon,
-            iterations=p.sinkhorn_iterations,
-            num_global_views=p.num_global_crops,
-            queue_length=p.swav_queue_length,
-            queue_start_epoch=p.swav_queue_start_epoch,
+            epsilon=s.sinkhorn_epsilon,
+            iterations=s.sinkhorn_iterations,
         )
 
-    def short_run_overrides(self, p: ModelParams) -> Dict[str, Any]:
+    def memory(self, p: SharedParams, pairs: Sequence[Tuple[int, int]]) -> Optional[Memory]:
+        """The feature queue: the last swav_queue_length features of every global view, from every process, scored
+        with the codes from swav_queue_start_epoch on, once full."""
+        s = options_of(p, SwAVOptions)
+        if not s.swav_queue_length:
+            return None
+        return Memory(p.dim, s.swav_queue_length, views=range(p.num_global_crops), field="swav_queue_length",
+                      gather=True, start_epoch=s.swav_queue_start_epoch, whole=True)
+
+    def upgrade_legacy_state(self, state: StateDict, prefix: str) -> None:
+        # Before the step's memory, the criterion kept the queue newest row first, [views, length, dim], with a count
+        # of rows written; as a ring the same rows are oldest first, the next row written after the last.
+        queue = state.pop(prefix + "criterion.feature_queue", None)
+        count = state.pop(prefix + "criterion.queue_filled", None)
+        if queue is None or count is None:
+            return
+        filled = min(int(count), queue.shape[1])
+        rows = torch.zeros_like(queue)
+        rows[:, :filled] = queue[:, :filled].flip(1)
+        state[prefix + "memory.rows"] = rows
+        state[prefix + "memory.ptr"] = torch.tensor(filled % queue.shape[1])
+        state[prefix + "memory.filled"] = torch.tensor(filled)
+
+    def short_run_overrides(self, p: SharedParams) -> Dict[str, Any]:
         return dict(freeze_prototypes_epochs=min(p.freeze_prototypes_epochs,
                                                  int(SHORT_RUN_FREEZE_FRACTION * p.max_epochs)))
 
-    def small_run_overrides(self, p: ModelParams, batch_size: int) -> Dict[str, Any]:
-        return dict(num_prototypes=16, swav_queue_length=2 * batch_size if p.swav_queue_length else 0,
+    def small_run_overrides(self, p: SharedParams, batch_size: int) -> Dict[str, Any]:
+        queue = options_of(p, SwAVOptions).swav_queue_length
+        return dict(num_prototypes=16, swav_queue_length=2 * batch_size if queue else 0,
                     num_local_crops=min(p.num_local_crops, 2))

@@ -4,30 +4,20 @@ covariance, so the embeddings cannot collapse, and the loss needs neither negati
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import attrs
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from selfsup.config.options import option
-from selfsup.methods.base import (
-    LARS_WITHOUT_BIAS_AND_NORM,
-    NO_NEGATIVES,
-    LossOutput,
-    Method,
-    PairwiseCriterion,
-    Preset,
-    Step,
-    cosine_metrics,
-    fail,
-    register,
-    suspicious,
-)
-
-if TYPE_CHECKING:
-    from selfsup.config.fields import ModelParams
+from selfsup.methods.criteria import LossOutput, PairStep, PairwiseCriterion
+from selfsup.methods.losses import cosine_metrics
+from selfsup.methods.method import Method
+from selfsup.methods.options import SharedParams, fail, options_of, suspicious
+from selfsup.methods.preset import LARS_WITHOUT_BIAS_AND_NORM, NO_NEGATIVES, Preset
+from selfsup.methods.registry import register
+from selfsup.options import option
 
 
 def whiten(x: Tensor, eps: float) -> Tensor:
@@ -65,7 +55,7 @@ class WMSECriterion(PairwiseCriterion):
         super().__init__(pairs, reduction, factor)
         self.size, self.iterations, self.eps = size, iterations, eps
 
-    def prepare(self, step: Step) -> Step:
+    def prepare(self, step: PairStep) -> PairStep:
         # The partitions draw from torch's global RNG (on the embeddings' device), which a resume restores.
         reference = next(v for v in (*step.queries, *step.keys) if v is not None)
         orders = [torch.randperm(reference.shape[0], device=reference.device) for _ in range(self.iterations)]
@@ -75,7 +65,7 @@ class WMSECriterion(PairwiseCriterion):
         return [None if v is None else torch.cat([whiten_in_groups(v, order, self.size, self.eps) for order in orders])
                 for v in views]
 
-    def pair_loss(self, s: int, t: int, step: Step) -> LossOutput:
+    def pair_loss(self, s: int, t: int, step: PairStep) -> LossOutput:
         query, key = step.queries[s], step.keys[t]
         assert query is not None and key is not None
         return LossOutput(normalized_mse(query, key), cosine_metrics(query, key))
@@ -123,24 +113,27 @@ WMSE_PRESET = Preset(
 @register
 class WMSE(Method):
     loss_types = ("wmse",)
+    options = WMSEOptions
     presets = (WMSE_PRESET,)
     momentum_target = False
 
-    def check(self, p: ModelParams) -> None:
-        if p.batch_size % p.wmse_whitening_size != 0:
-            fail("wmse_whitening_size", f"{p.wmse_whitening_size} must divide batch_size {p.batch_size} (the batch is "
+    def check(self, p: SharedParams) -> None:
+        w = options_of(p, WMSEOptions)
+        if p.batch_size % w.wmse_whitening_size != 0:
+            fail("wmse_whitening_size", f"{w.wmse_whitening_size} must divide batch_size {p.batch_size} (the batch is "
                                         "cut into whitening sub-batches)")
-        if p.wmse_whitening_eps == 0 and p.wmse_whitening_size <= p.dim:
-            fail("wmse_whitening_size", f"{p.wmse_whitening_size} rows cannot whiten {p.dim} dimensions: the "
+        if w.wmse_whitening_eps == 0 and w.wmse_whitening_size <= p.dim:
+            fail("wmse_whitening_size", f"{w.wmse_whitening_size} rows cannot whiten {p.dim} dimensions: the "
                                         "covariance would be singular; use more rows than dim, or a "
                                         "wmse_whitening_eps above 0")
         if p.use_unit_sphere_projection:
             suspicious("W-MSE whitens raw embeddings, but use_unit_sphere_projection=True normalizes them first")
 
-    def criterion(self, p: ModelParams, pairs: Sequence[Tuple[int, int]], reduction: str,
+    def criterion(self, p: SharedParams, pairs: Sequence[Tuple[int, int]], reduction: str,
                   factor: float) -> PairwiseCriterion:
-        return WMSECriterion(pairs, reduction, factor, size=p.wmse_whitening_size,
-                             iterations=p.wmse_whitening_iterations, eps=p.wmse_whitening_eps)
+        w = options_of(p, WMSEOptions)
+        return WMSECriterion(pairs, reduction, factor, size=w.wmse_whitening_size,
+                             iterations=w.wmse_whitening_iterations, eps=w.wmse_whitening_eps)
 
-    def small_run_overrides(self, p: ModelParams, batch_size: int) -> Dict[str, Any]:
+    def small_run_overrides(self, p: SharedParams, batch_size: int) -> Dict[str, Any]:
         return dict(wmse_whitening_size=batch_size, dim=batch_size // 2)

@@ -1,16 +1,18 @@
 """Encoders: any torchvision classification model or weight-standardized ResNet without its classifier, the CIFAR
-stem, a hidden layer as the representation, and channels_last memory format."""
+stem, a hidden layer as the representation, and channels_last memory format; and the options that choose them."""
 
 from __future__ import annotations
 
 import functools
 from typing import Any, Callable, Optional, Tuple
 
+import attrs
 import torch
 import torchvision
 from torch import Tensor, nn
 
 from selfsup.nn import ws_resnet
+from selfsup.options import option
 
 WS_RESNETS = ("ws_resnet18", "ws_resnet34", "ws_resnet50", "ws_resnet101", "ws_resnet152")
 
@@ -19,6 +21,23 @@ WS_RESNETS = ("ws_resnet18", "ws_resnet34", "ws_resnet50", "ws_resnet101", "ws_r
 def encoder_archs() -> Tuple[str, ...]:
     """Names accepted by ``encoder_arch``: torchvision classification models and weight-standardized ResNets."""
     return tuple(torchvision.models.list_models(module=torchvision.models)) + WS_RESNETS
+
+
+@attrs.frozen(kw_only=True, slots=False)
+class EncoderOptions:
+    """Encoder"""
+
+    encoder_arch: str = option("resnet18", "torchvision classification model name, or ws_resnet{18,34,50,101,152}",
+                               choices=encoder_archs)
+    encoder_layer: Optional[str] = option(None, "representation = output of this encoder submodule (name, or child "
+                                                "index)")
+    use_cifar_stem: Optional[bool] = option(None, "3x3/stride-1 first conv, no max-pool; None = on for datasets of "
+                                                  "<= 64 px")
+    embedding_dim: int = option(512, "width of the encoder output (checked against the real encoder at "
+                                     "construction)", low=1)
+    # The speed-up is measured in docs/benchmarks.md ("Measurements behind defaults").
+    channels_last: bool = option(True, "encoder weights and input images in channels_last memory format: "
+                                       "convolutions are faster on CPUs and tensor-core GPUs")
 
 
 def _classifier_attribute(model: nn.Module) -> str:

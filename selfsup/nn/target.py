@@ -11,7 +11,7 @@ from typing import List, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from selfsup import dist
+from selfsup import distributed
 
 
 @torch.no_grad()
@@ -51,8 +51,8 @@ class MomentumTarget(nn.Module):
     ) -> List[Optional[Tensor]]:
         x = torch.cat([views[i] for i in self.key_views])
         if self.shuffle_batch_norm:
-            x, unshuffle = dist.batch_shuffle(x)
-            z = dist.batch_unshuffle(self.projection(self.encoder(x)), unshuffle)
+            x, unshuffle = distributed.batch_shuffle(x)
+            z = distributed.batch_unshuffle(self.projection(self.encoder(x)), unshuffle)
         else:
             z = self.projection(self.encoder(x))
         keys: List[Optional[Tensor]] = [None] * len(views)

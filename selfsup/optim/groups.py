@@ -12,7 +12,6 @@ from selfsup.nn.batchrenorm import BatchRenorm1d
 
 # Modules whose parameters are "normalization parameters" for LARS / weight-decay exclusion.
 NORM_LAYER_TYPES: Tuple[type, ...] = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, BatchRenorm1d)
-OPTIMIZERS = ("sgd", "lars")
 
 
 def parameter_groups(

@@ -1,2 +1,3 @@
-"""Pretraining: the LightningModule (``module``), its data pipeline (``pipeline``) and what keeps long runs alive
-(``longrun``: atomic checkpoints, exact resume, non-finite loss guard, collapse monitor)."""
+"""Pretraining: the LightningModule (``module``), its data pipeline (``pipeline``), and what keeps long runs alive:
+atomic checkpoint files (``checkpoints``), exact resume (``resume``), the non-finite loss guard and collapse monitor
+(``health``), images per second (``progress``)."""

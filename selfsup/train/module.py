@@ -1,57 +1,45 @@
-"""SelfSupervisedMethod: one LightningModule for MoCo, SimCLR, BYOL, VICReg, EqCo and relatives, driven by ModelParams.
+"""SelfSupervisedMethod: one LightningModule for every registered method, driven by ModelParams.
 
-Every flag is resolved once in ``__init__`` into components (encoder, projection and prediction MLPs that are
-Identity with 0 layers, a target network that is an EMA copy or the online network, an optional key queue, a
-criterion); ``training_step`` is the method's pseudocode:
+The module owns the encoder (``model``), the data and the loop; the method owns everything else it is, as one
+module built once from the params (``step``: a ``methods.steps.TrainingStep``; for joint-embedding methods the heads,
+the target network, what it remembers and its criterion). ``training_step`` runs it:
 
-    z = projection(encoder(views))                 # online projections of the views the online network sees
-    q = normalize(prediction(z))                   # queries
-    k = normalize(target(views, z))                # keys: EMA network, or the online projections themselves
-    loss = criterion(q, k, queue)                  # summed/averaged over (query view, key view) pairs
-    after the optimizer step: queue <- k, target <- EMA(online, m)
+    loss = step(encoder, views)                     # the method's pseudocode, e.g. methods.steps.JointEmbeddingStep
+    after the backward pass: step.after_backward    # the state the method keeps across steps
+    after the optimizer step: step.after_optimizer_step   # the EMA target
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import attr
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from pytorch_lightning.utilities.types import OptimizerLRSchedulerConfig
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from selfsup import data, dist
-from selfsup.config.fields import ModelParams
-from selfsup.config.presets import make_params
+from selfsup import data, distributed
+from selfsup.config.params import ModelParams, make_params
 from selfsup.eval import probes
-from selfsup.methods import build_criterion
-from selfsup.methods.base import identity
+from selfsup.methods.steps import Progress, StepOutput, TrainingStep
 from selfsup.nn.backbones import get_encoder, use_channels_last, with_representation
-from selfsup.nn.heads import MLP, PrototypeLayer
-from selfsup.nn.queue import Queue
-from selfsup.nn.target import MomentumSchedule, MomentumTarget, OnlineTarget, encode_views
-from selfsup.train import longrun
-from selfsup.train.optimization import optimizer_and_schedule
+from selfsup.optim.optimizers import optimizer_and_schedule
+from selfsup.train.health import (
+    EMBEDDING_STD_METRIC,
+    CollapseMonitor,
+    NonFiniteLossGuard,
+    check_finite_state,
+    embedding_std,
+)
 from selfsup.train.pipeline import PretrainingDataModule, ViewTransforms
 from selfsup.train.progress import Throughput
+from selfsup.train.resume import ResumeState
 
 Batch = Tuple[Sequence[Tensor], Tensor]
-
-
-def unit_sphere(x: Tensor) -> Tensor:
-    return F.normalize(x, dim=1)
-
-
-def _place(ids: Sequence[int], tensors: Sequence[Tensor], num_views: int) -> List[Optional[Tensor]]:
-    """A per-view list holding ``tensors`` at positions ``ids`` and None elsewhere."""
-    out: List[Optional[Tensor]] = [None] * num_views
-    for i, t in zip(ids, tensors):
-        out[i] = t
-    return out
+ENCODER, STEP = "model.", "step."  # the checkpoint prefixes of the encoder and of the method's step
 
 
 class SelfSupervisedMethod(pl.LightningModule):
@@ -63,8 +51,8 @@ class SelfSupervisedMethod(pl.LightningModule):
     ``view_transforms`` (callables PIL -> Tensor, one for all views or one per view) and ``train_dataset`` /
     ``val_dataset`` (instead of dataset_name; train items are (views, label), validation items (image, label)).
 
-    Public attributes: ``model`` (encoder), ``projection_model``, ``prediction_model``, ``target``, ``queue`` (or
-    None), ``criterion``. ``model(x)`` / ``self(x)`` returns encoder embeddings [B, embedding_dim].
+    Public attributes: ``model`` (encoder) and ``step`` (the method's training step, built by its registered
+    ``Method.step``). ``model(x)`` / ``self(x)`` returns encoder embeddings [B, embedding_dim].
     """
 
     def __init__(
@@ -87,61 +75,13 @@ class SelfSupervisedMethod(pl.LightningModule):
         self.cifar_stem = data.cifar_stem(params.use_cifar_stem, self.pipeline.info)
         self.model = backbone if backbone is not None else get_encoder(params.encoder_arch, self.cifar_stem)
         if params.sync_batch_norm == "all":  # before any hook is registered on the encoder's layers
-            self.model = dist.convert_sync_batchnorm(self.model)
+            self.model = distributed.convert_sync_batchnorm(self.model)
         self.model = with_representation(self.model, params.encoder_layer, self.pipeline.crop, params.embedding_dim)
         if params.channels_last:
             use_channels_last(self.model)
-        # DINO's prototype layer ends the projection head, so the teacher's EMA covers it; SwAV's prototypes belong
-        # to its criterion (no EMA copy, and the feature queue is scored with the current prototypes).
-        head_prototypes = params.method.head_prototypes(params)
-        self.projection_model: nn.Module = MLP(  # a SyncBatchNorm conversion may replace it
-            params.embedding_dim,
-            params.dim,
-            params.mlp_hidden_dim,
-            params.projection_mlp_layers,
-            params.mlp_normalization,
-            params.use_mlp_weight_standardization,
-            params.mlp_activation,
-            params.projection_output_batch_norm,
-            num_prototypes=head_prototypes,
-        )
-        head_dim = head_prototypes or params.dim
-        self.prediction_model: nn.Module = MLP(
-            head_dim,
-            head_dim,
-            params.resolved_prediction_mlp_hidden_dim,
-            params.prediction_mlp_layers,
-            params.resolved_prediction_mlp_normalization,
-            params.use_mlp_weight_standardization,
-            params.mlp_activation,
-        )
-        if params.sync_batch_norm is not None:  # before the EMA copy is made, so the target synchronizes too
-            self.projection_model = dist.convert_sync_batchnorm(self.projection_model)
-            self.prediction_model = dist.convert_sync_batchnorm(self.prediction_model)
-        self.criterion = build_criterion(params)
-        # Prototypes get no update during the first epochs (DINO's frozen last layer, SwAV's frozen prototypes).
-        self.prototype_layers = [m for m in self.modules() if isinstance(m, PrototypeLayer)]
-        self.query_views = self.criterion.query_views
-        if params.use_lagging_model:
-            self.target: Union[MomentumTarget, OnlineTarget] = MomentumTarget(
-                self.model, self.projection_model, self.criterion.key_views, params.shuffle_batch_norm
-            )
-            self.online_views = self.query_views
-        else:
-            self.target = OnlineTarget(self.criterion.key_views, params.use_target_stop_gradient)
-            self.online_views = sorted(set(self.query_views) | set(self.criterion.key_views))
-        self.queue = Queue(params.dim, params.K) if params.uses_queue else None
-        self.enqueued_view = self.criterion.pairs[0][1]  # the key view of the first pair feeds the queue (as MoCo)
-        self.gather_keys: Callable[[Tensor], Tensor] = (
-            dist.gather if params.gather_keys_for_queue else identity
-        )
-        self.normalize: Callable[[Tensor], Tensor] = unit_sphere if params.use_unit_sphere_projection else identity
-        self.momentum_schedule = MomentumSchedule(
-            params.m, 1.0 if params.use_momentum_schedule else params.m
-        )
+        self.step: TrainingStep[Any] = params.method.step(params, self.model)
 
-        self._step_keys: List[Optional[Tensor]] = []  # this step's keys, consumed after the backward pass
-        self.projection_dim = head_dim  # width of the online projections (the collapse monitor's d)
+        self._step_output: Optional[StepOutput] = None  # this step's output, for the hooks after the backward pass
         self._total_steps = 1  # optimizer steps of the whole run, known once the Trainer is attached
         self._validation_outputs: List[Tuple[Tensor, Tensor]] = []
 
@@ -151,8 +91,8 @@ class SelfSupervisedMethod(pl.LightningModule):
         return self.model(x)
 
     def project(self, x: Tensor) -> Tensor:
-        """Projection-head outputs [B, dim] of images [B, 3, H, W] (BatchNorm layers follow the module's mode)."""
-        return self.projection_model(self.model(x))
+        """Projection-head outputs of images [B, 3, H, W] (BatchNorm layers follow the module's mode)."""
+        return self.step.project(self.model(x))
 
     @property
     def batch_views(self) -> Optional[data.BatchedViews]:
@@ -167,68 +107,54 @@ class SelfSupervisedMethod(pl.LightningModule):
     # --- training ----------------------------------------------------------------------------------------------------
     def training_step(self, batch: Batch, batch_idx: int) -> Dict[str, Any]:
         views, labels = batch
-        projections = self._online_projections(views)
-        queries = self._queries(projections)
-        keys = [None if k is None else self.normalize(k) for k in self.target(views, projections)]
-        out = self.criterion(queries, keys, None if self.queue is None else self.queue.memory(), labels)
-        self._step_keys = keys
+        out = self.step(self.model, views, labels, Progress(self.trainer.global_step, self._total_steps))
+        self._step_output = out
         batch_size = views[0].shape[0]
-        spread = longrun.embedding_std(projections[self.query_views[0]])  # type: ignore[arg-type]
+        metrics = {"step_train_loss": out.loss.detach(), **out.metrics}
+        if out.embedding is not None:
+            metrics[EMBEDDING_STD_METRIC] = embedding_std(out.embedding)
         self.log("step_train_loss", out.loss.detach(), prog_bar=True, batch_size=batch_size)
-        self.log_dict(out.metrics, batch_size=batch_size)
-        self.log(longrun.EMBEDDING_STD_METRIC, spread, batch_size=batch_size)
+        self.log_dict({name: value for name, value in metrics.items() if name != "step_train_loss"},
+                      batch_size=batch_size)
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True, batch_size=batch_size)
-        self.log_dict({"m": self.current_momentum(), "T": self.params.T}, batch_size=batch_size)
+        self.log_dict(out.schedule, batch_size=batch_size)
         # the metrics go to the callbacks (non-finite loss guard, collapse monitor) as the step's outputs
-        metrics = {"step_train_loss": out.loss.detach(), **out.metrics, longrun.EMBEDDING_STD_METRIC: spread}
         return {"loss": out.loss, "metrics": metrics}
 
-    def _online_projections(self, views: Sequence[Tensor]) -> List[Optional[Tensor]]:
-        embeddings = encode_views(self.model, [views[i] for i in self.online_views])
-        projections = self.projection_model(torch.cat(embeddings)).chunk(len(self.online_views))
-        return _place(self.online_views, projections, len(views))
-
-    def _queries(self, projections: Sequence[Optional[Tensor]]) -> List[Optional[Tensor]]:
-        z = torch.cat([projections[i] for i in self.query_views])  # type: ignore[misc]
-        predictions = self.normalize(self.prediction_model(z)).chunk(len(self.query_views))
-        return _place(self.query_views, predictions, len(projections))
-
     def on_after_backward(self) -> None:
-        # The step's keys update the queue and the criterion's state as soon as the loss no longer reads them, and
-        # thus before any callback's on_train_batch_end: a checkpoint saved there holds the finished step's state.
-        keys, self._step_keys = self._step_keys, []
-        if self.queue is not None:
-            enqueued = keys[self.enqueued_view]
-            assert enqueued is not None  # the key view of the criterion's first pair, which every step computes
-            self.queue.enqueue(self.gather_keys(enqueued.detach()))
-        self.criterion.after_step(keys)
-        if self.current_epoch < self.params.freeze_prototypes_epochs:
-            for layer in self.prototype_layers:
-                layer.weight.grad = None  # the optimizer skips it: no momentum, no weight decay
+        # The step's state updates run as soon as the loss no longer reads it, and thus before any callback's
+        # on_train_batch_end: a checkpoint saved there holds the finished step's state.
+        out, self._step_output = self._step_output, None
+        if out is not None:
+            self.step.after_backward(out, self.current_epoch)
 
     def on_train_epoch_start(self) -> None:
-        self.criterion.set_epoch(self.current_epoch)
+        self.step.set_epoch(self.current_epoch)
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
-        """The optimizer step, then the EMA step of the target. Lightning calls this hook for real steps only (not
-        for gradient-accumulation micro-batches) and counts the step in global_step after it returns, hence + 1."""
+        """The optimizer step, then the method's updates that follow the weights (the EMA target). Lightning calls
+        this hook for real steps only (not for gradient-accumulation micro-batches) and counts the step in
+        global_step after it returns, hence + 1."""
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-        momentum = self.momentum_schedule(self.trainer.global_step + 1, self._total_steps)
-        self.target.update([self.model, self.projection_model], momentum)
-
-    def current_momentum(self) -> float:
-        return self.momentum_schedule(self.trainer.global_step, self._total_steps)
+        self.step.after_optimizer_step(self.model, Progress(self.trainer.global_step + 1, self._total_steps))
 
     def on_train_start(self) -> None:
-        self.criterion.set_epoch(self.current_epoch)  # a mid-epoch resume starts without on_train_epoch_start
+        self.step.set_epoch(self.current_epoch)  # a mid-epoch resume starts without on_train_epoch_start
 
     def configure_callbacks(self) -> Sequence[pl.Callback]:
         p = self.params
-        health = longrun.health_callbacks(self.projection_dim, p.collapse_std_fraction, p.collapse_patience_steps)
-        return [*health, Throughput()]
+        width = self.step.embedding_width
+        monitor = [] if width is None else [CollapseMonitor(width, p.collapse_std_fraction, p.collapse_patience_steps)]
+        return [ResumeState(), NonFiniteLossGuard(), *monitor, Throughput()]
 
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
-        longrun.check_finite_state(checkpoint["state_dict"], self.trainer)
+        check_finite_state(checkpoint["state_dict"], self.trainer)
+
+    def _load_from_state_dict(self, state_dict: Dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # Checkpoints written before the method's step was a module of its own hold its parts at the top level.
+        for key in [k for k in state_dict if k.startswith(prefix) and not k[len(prefix):].startswith((ENCODER, STEP))]:
+            state_dict[prefix + STEP + key[len(prefix):]] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def on_fit_start(self) -> None:
         params = self.params
@@ -238,27 +164,12 @@ class SelfSupervisedMethod(pl.LightningModule):
                 f"{params.max_epochs}; the learning-rate and momentum schedules follow the Trainer",
                 stacklevel=2,
             )
-        global_batch = params.batch_size * self.trainer.world_size
-        if params.uses_queue and params.gather_keys_for_queue and params.K % global_batch != 0:
-            raise ValueError(
-                f"ModelParams.K={params.K} must be a multiple of the global batch "
-                f"{global_batch} (batch_size {params.batch_size} x {self.trainer.world_size} "
-                "processes) with gather_keys_for_queue"
-            )
-        if params.uses_queue and not params.gather_keys_for_queue and self.trainer.world_size > 1:
-            warnings.warn(
-                f"gather_keys_for_queue=False with {self.trainer.world_size} processes: each process enqueues only "
-                "its own keys and DDP broadcasts rank 0's buffers before every step, so every queue holds rank 0's "
-                "keys only; set gather_keys_for_queue=True to enqueue the keys of the whole global batch",
-                stacklevel=2,
-            )
-        params.method.check_global_batch(params, global_batch)
+        self.step.check_global_batch(params.batch_size, self.trainer.world_size)
 
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         self._total_steps = int(self.trainer.estimated_stepping_batches)
         epochs = self.trainer.max_epochs if self.trainer.max_epochs not in (None, -1) else self.params.max_epochs
-        constant = [self.prediction_model] if self.params.use_constant_prediction_lr else []
-        return optimizer_and_schedule(self, self.params, self._total_steps, epochs, constant)
+        return optimizer_and_schedule(self, self.params, self._total_steps, epochs, self.step.constant_lr_modules())
 
     # --- validation: a logistic-regression probe and a weighted kNN on frozen encoder embeddings ----------------------
     def validation_step(self, batch: Tuple[Tensor, Tensor], batch_idx: int) -> None:
@@ -272,7 +183,7 @@ class SelfSupervisedMethod(pl.LightningModule):
         self._validation_outputs.clear()
         # Every rank probes the embeddings of all ranks (the DistributedSampler pads the validation set to equal
         # per-rank sizes, so the gather lines up), hence logs the same values and needs no sync_dist.
-        embeddings, labels = dist.gather(embeddings), dist.gather(labels)
+        embeddings, labels = distributed.gather(embeddings), distributed.gather(labels)
         seed = self.params.data_seed
         accuracies = probes.logistic_regression_probe(embeddings, labels, seed)
         if accuracies is not None:

@@ -13,7 +13,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from selfsup import data
-from selfsup.config.fields import ModelParams
+from selfsup.config.params import ModelParams
 from selfsup.data.views import ViewTransform
 
 ViewTransforms = Union[ViewTransform, Sequence[ViewTransform], None]

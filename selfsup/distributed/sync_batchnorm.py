@@ -9,7 +9,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.modules._functions import SyncBatchNorm as _NativeSyncBatchNorm  # what nn.SyncBatchNorm runs
 
-from selfsup.dist.collectives import all_reduce_with_grad, is_distributed
+from selfsup.distributed.collectives import all_reduce_with_grad, is_distributed
 
 
 class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):

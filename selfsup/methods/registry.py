@@ -1,0 +1,57 @@
+"""The registry of methods: every method file registers its :class:`~selfsup.methods.method.Method` under its
+loss_type values (and their older aliases); the config layer assembles ModelParams from the registered option groups
+and the preset functions from the registered presets."""
+
+from __future__ import annotations
+
+from typing import Dict, List, Tuple, Type, TypeVar
+
+from selfsup.methods.method import Method
+from selfsup.methods.options import LOSS_TYPE_NAMES, canonical_loss_type, loss_types
+from selfsup.methods.preset import Preset
+
+M = TypeVar("M", bound=Type[Method])
+REGISTRY: Dict[str, Method] = {}  # loss_type -> its method (the methods' own names, not the aliases)
+
+
+def register(cls: M) -> M:
+    """Class decorator: register an instance of a :class:`Method` subclass under each of its loss_types, and its
+    aliases as other names of them."""
+    if not cls.loss_types:
+        raise TypeError(f"{cls.__name__} declares no loss_types: a registered method needs at least one name")
+    method = cls()
+    for name in (*cls.loss_types, *cls.aliases):
+        if name in LOSS_TYPE_NAMES:
+            owner = REGISTRY[LOSS_TYPE_NAMES[name]]
+            raise ValueError(f"loss_type {name!r} is registered twice: {type(owner).__name__}, {cls.__name__}")
+    for alias, name in cls.aliases.items():
+        if name not in cls.loss_types:
+            raise ValueError(f"{cls.__name__}.aliases: {alias!r} names {name!r}, which is not one of its loss_types")
+    for name in cls.loss_types:
+        LOSS_TYPE_NAMES[name] = name
+        REGISTRY[name] = method
+    LOSS_TYPE_NAMES.update(cls.aliases)
+    return cls
+
+
+def methods() -> List[Method]:
+    """Every registered method once, in registration order."""
+    return list(dict.fromkeys(REGISTRY.values()))
+
+
+def method_of(loss_type: str) -> Method:
+    """The registered method of ``loss_type`` (or of an older alias of it)."""
+    try:
+        return REGISTRY[canonical_loss_type(loss_type)]
+    except KeyError:
+        raise ValueError(f"loss_type {loss_type!r} is not registered; registered: {', '.join(loss_types())}") from None
+
+
+def option_groups() -> Tuple[type, ...]:
+    """The option groups of the registered methods, in registration order."""
+    return tuple(method.options for method in methods() if method.options is not None)
+
+
+def preset_specs() -> Dict[str, Preset]:
+    """Every registered method's presets, by command-line name."""
+    return {spec.key: spec for method in methods() for spec in method.presets}

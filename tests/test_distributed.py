@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from selfsup import distributed as selfsup_dist
-from selfsup.config import ModelParams, SimCLRParams, VICRegParams
+from selfsup.config import ModelParams, SimCLRParams, TiCoParams, VICRegParams
 from selfsup.nn.batchrenorm import BatchRenorm1d
 from selfsup.nn.target import MomentumTarget
 from selfsup.train.module import SelfSupervisedMethod
@@ -254,6 +254,7 @@ EQUIVALENCE: Dict[str, Tuple[Callable[..., ModelParams], Dict[str, Any], bool]] 
     "NT-Xent, sync-BN heads": (SimCLRParams, dict(BN_HEADS, sync_batch_norm="heads"), False),
     "NT-Xent, sync-BN heads and backbone": (SimCLRParams, dict(BN_HEADS, sync_batch_norm="all"), True),
     "VICReg, gathered variance/covariance": (VICRegParams, dict(mlp_normalization=None), False),
+    "TiCo, gathered covariance": (TiCoParams, dict(mlp_normalization=None), False),
 }
 # name: (the equivalence case it modifies, overrides that make that case per-device again)
 CONTROLS: Dict[str, Tuple[str, Dict[str, Any]]] = {

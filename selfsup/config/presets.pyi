@@ -62,6 +62,10 @@ def SwAVParams(**overrides: Any) -> ModelParams:
     """SwAV, arXiv:2006.09882: swav."""
 
 
+def TiCoParams(**overrides: Any) -> ModelParams:
+    """TiCo, arXiv:2206.10698: tico."""
+
+
 def VICRegParams(**overrides: Any) -> ModelParams:
     """VICReg, arXiv:2105.04906: vicreg."""
 
@@ -86,6 +90,7 @@ __all__ = [
     "SimSiamParams",
     "SupConParams",
     "SwAVParams",
+    "TiCoParams",
     "VICRegParams",
     "WMSEParams",
 ]

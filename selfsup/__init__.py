@@ -12,8 +12,9 @@ presets, recipes), ``eval`` (probes, linear probe), ``train`` (the LightningModu
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from selfsup import config
 from selfsup.config import *  # noqa: F403 - ModelParams, the presets, make_params
-from selfsup.config import __all__ as _config_names
+from selfsup.config.presets import *  # noqa: F403 - the presets again, for type checkers (config/presets.pyi)
 
 if TYPE_CHECKING:
     from selfsup.eval.linear import LinearClassifierMethod, LinearClassifierMethodParams
@@ -33,4 +34,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'selfsup' has no attribute {name!r}")
 
 
-__all__ = ["LinearClassifierMethod", "LinearClassifierMethodParams", "SelfSupervisedMethod", *_config_names]
+__all__ = ["LinearClassifierMethod", "LinearClassifierMethodParams", "SelfSupervisedMethod"]
+__all__ += config.__all__  # the form type checkers follow

@@ -8,7 +8,6 @@ from typing import Any, Callable
 import pytorch_lightning as pl
 
 from selfsup.config import ModelParams, small_run_overrides
-from selfsup.methods import PairwiseCriterion, view_pairs
 
 # Small enough for a CPU step in well under a second, large enough for BatchNorm and a queue.
 TINY = dict(
@@ -46,9 +45,3 @@ def cpu_trainer(**kwargs: Any) -> pl.Trainer:
         warnings.simplefilter("ignore")
         return pl.Trainer(**defaults)
 
-
-def build_criterion(params: ModelParams) -> PairwiseCriterion:
-    """The criterion of ``params`` as its method's step builds it (over the view pairs of the symmetry and multi-crop
-    fields)."""
-    pairs = view_pairs(params.num_global_crops, params.num_local_crops, params.use_both_augmentations_as_queries)
-    return params.method.criterion(params, pairs, params.view_pair_reduction, params.loss_constant_factor)

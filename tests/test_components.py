@@ -70,17 +70,18 @@ def test_memory_slots_start_epoch_and_whole_reads():
     assert memory.read()[:, :, 0].tolist() == [[1.0, 2.0, 3.0, 4.0], [-1.0, -2.0, -3.0, -4.0]]
 
 
-def test_memory_length_rules_name_their_field():
+def test_memory_length_rules_name_their_fields():
     with pytest.raises(ValueError, match=r"ModelParams\.K: memory length 10 must be a multiple of batch_size 4"):
-        check_length("K", 10, 4)
+        check_length("ModelParams.K", 10, 4)
     with pytest.raises(ValueError, match=r"ModelParams\.K: got 0"):
-        check_length("K", 0, 4)
-    gathering = Memory(dim=1, size=12, views=[0], field="swav_queue_length", gather=True)
+        check_length("ModelParams.K", 0, 4)
+    gathering = Memory(dim=1, size=12, views=[0], field="ModelParams.swav_queue_length", gather=True)
     gathering.check_global_batch(4, 3)
     with pytest.raises(ValueError, match=r"swav_queue_length: 12 must be a multiple of the global batch 8"):
         gathering.check_global_batch(4, 2)
-    with pytest.warns(UserWarning, match="rank 0's rows only"):
-        Memory(dim=1, size=12, views=[0], field="K").check_global_batch(4, 2)
+    local = Memory(dim=1, size=12, views=[0], field="ModelParams.K", gather_field="ModelParams.gather_keys_for_queue")
+    with pytest.warns(UserWarning, match="rank 0's rows only; set ModelParams.gather_keys_for_queue=True"):
+        local.check_global_batch(4, 2)
 
 
 def test_ema_update_m0_copies_m1_keeps_and_one_step_by_hand():
@@ -157,6 +158,8 @@ def test_name_substring_exclusion_is_kept_for_compatibility():
     model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
     regular, excluded = parameter_groups(model, 1e-4, [".bias"], False)
     assert [id(p) for p in excluded["params"]] == [id(model[0].bias), id(model[1].bias)]
+    with pytest.warns(UserWarning, match="'projection_model' is in no parameter name .*0.weight, 0.bias"):
+        parameter_groups(model, 1e-4, ["projection_model"], False)
 
 
 def test_mlp_layers_and_normalizations():

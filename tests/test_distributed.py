@@ -29,12 +29,13 @@ import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from helpers import build_criterion, cpu_trainer
+from helpers import cpu_trainer
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from selfsup import distributed as selfsup_dist
 from selfsup.config import ModelParams, SimCLRParams, TiCoParams, VICRegParams
+from selfsup.methods import build_criterion
 from selfsup.nn.batchrenorm import BatchRenorm1d
 from selfsup.nn.target import MomentumTarget
 from selfsup.train.module import SelfSupervisedMethod
@@ -299,7 +300,7 @@ class StepRecorder(pl.Callback):
     def on_after_backward(self, trainer: pl.Trainer, module: Any) -> None:
         memory = module.step.memory
         if memory is not None:
-            self.enqueued.append(module._step_output.step.keys[memory.views[0]].detach().clone())
+            self.enqueued.append(module._step_output.pair_step.keys[memory.views[0]].detach().clone())
             self.queues_read.append(memory.rows[0].T.clone())  # what this step's loss read, as [D, K] columns
 
     def on_train_batch_end(self, trainer: pl.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -434,7 +435,7 @@ def test_gathered_queue_is_identical_on_every_rank_and_holds_all_keys_in_rank_or
 def test_without_gathering_every_rank_reads_rank_0s_queue_and_fit_warns(lightning):
     queues = [out["local queue"] for out in lightning]
     for queue in queues:
-        assert any("gather_keys_for_queue=False) with 2 processes" in message for message in queue["warnings"])
+        assert any("ModelParams.K without gathering, with 2 processes" in message for message in queue["warnings"])
     read_at_second_step = [queue["read"][1] for queue in queues]
     torch.testing.assert_close(read_at_second_step[0], read_at_second_step[1], rtol=0, atol=0)
     torch.testing.assert_close(read_at_second_step[1][:, :LOCAL_BATCH], queues[0]["enqueued"][0].T, rtol=0, atol=0)

@@ -120,5 +120,28 @@ def test_every_criterion_gives_the_legacy_losses_gradients_and_state(name):
     assert all(state[k] == v if k == "memory.rows" else _close(state[k], v) for k, v in expected_state.items())
 
 
+def test_a_legacy_swav_state_without_a_feature_queue_loads_into_a_step_without_memory():
+    params = attrs.evolve(small_params("swav"), swav_queue_length=0)
+    step = SelfSupervisedMethod(params, backbone=small_encoder()).step
+    state = {k: v for k, v in step.state_dict().items() if not k.startswith("criterion.")}
+    state.update({"criterion.prototypes.weight": step.criterion.prototypes.weight.detach().clone(),
+                  "criterion.feature_queue": torch.zeros(2, 0, params.dim), "criterion.queue_filled": torch.tensor(0)})
+    assert step.memory is None
+    step.load_state_dict(state)  # strict: the empty queue leaves nothing behind
+
+
+def test_a_checkpoint_written_before_a_field_existed_warns_when_it_would_change_the_run():
+    """VICReg's variance term follows the official code since vicreg_variance_reduction exists; a checkpoint without
+    the field ran the paper's form."""
+    model = SelfSupervisedMethod(small_params("vicreg"), backbone=small_encoder())
+    saved = {name: value for name, value in attrs.asdict(model.params).items() if name != "vicreg_variance_reduction"}
+    with pytest.warns(UserWarning, match="before ModelParams.vicreg_variance_reduction existed.*set "
+                                         "vicreg_variance_reduction='sum'"):
+        model.on_load_checkpoint({"hyper_parameters": saved})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.on_load_checkpoint({"hyper_parameters": attrs.asdict(model.params)})
+
+
 def test_the_fixture_covers_every_preset_of_the_flat_layout():
     assert len(REFERENCE["criteria"]) == 14 and set(REFERENCE["criteria"]) <= set(PRESETS)

@@ -43,8 +43,11 @@ def validate_params(p: SharedParams) -> None:
     if p.num_global_crops < 2 and p.num_local_crops == 0:
         fail("num_global_crops", f"got {p.num_global_crops}; two views are needed (add global or local crops)")
 
-    has_negatives = p.use_negative_examples_from_batch or p.use_negative_examples_from_queue
-    if not method.reads_negatives and has_negatives:
+    if not method.reads_negatives and p.use_negative_examples_from_queue and method.batch_candidates:
+        suspicious(f"loss_type={p.loss_type!r} takes its candidates from the batch only; "
+                   "use_negative_examples_from_queue is ignored")
+    elif not method.reads_negatives and not method.batch_candidates and (
+            p.use_negative_examples_from_batch or p.use_negative_examples_from_queue):
         suspicious(f"loss_type={p.loss_type!r} reads no negatives; use_negative_examples_from_* are ignored")
     if method.momentum_target is True and not p.use_lagging_model:
         suspicious(f"loss_type={p.loss_type!r} is defined with an EMA target (teacher), but use_lagging_model=False")
@@ -74,16 +77,19 @@ def validate_params(p: SharedParams) -> None:
 
 def check_complete(method: Method, p: SharedParams) -> None:
     """Raise, naming what is missing, when the method of ``p`` cannot be trained: it defines no step, its option group
-    is not among the fields of ``p``, or building its step reads a field it does not declare."""
-    where = f"{type(method).__name__} ({method.source()})"
+    is not among the fields of ``p``, or building its step reads a field of the params that no group declares."""
     missing = method.missing()
     if method.options is not None and not isinstance(p, method.options):
         missing.append(f"its option group {method.options.__name__} is not among the params' fields (the method was "
                        "registered after ModelParams was assembled: put its file in selfsup/methods/)")
     if missing:
-        fail("loss_type", f"{p.loss_type!r} selects the method {where}, which is incomplete: {'; '.join(missing)}")
+        fail("loss_type", f"{p.loss_type!r} selects the method {type(method).__name__} ({method.source()}), which is "
+                          f"incomplete: {'; '.join(missing)}")
     try:
         method.dry_run(p)
     except AttributeError as error:
-        fail("loss_type", f"{p.loss_type!r} selects the method {where}, which reads a field that no option group "
-                          f"declares ({error}); declare it in the method's option group (Method.options)")
+        if error.obj is not p:
+            raise
+        fail("loss_type", f"{p.loss_type!r} selects the method {type(method).__name__} ({method.source()}), which "
+                          f"reads the field {error.name!r}, declared by no option group; declare it in the method's "
+                          "option group (Method.options)")

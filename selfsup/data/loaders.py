@@ -118,7 +118,7 @@ class SeededSamples(Dataset):
 class ResumableLoader(DataLoader):
     """The training DataLoader: an :class:`EpochSampler` over :class:`SeededSamples`, with a position for checkpoints
     (``state_dict``: the epoch and how many global positions have been consumed; ``load_state_dict``, which
-    longrun.ResumeState calls before a resumed run's first batch), so that a resumed epoch continues with the next
+    train.resume.ResumeState calls before a resumed run's first batch), so that a resumed epoch continues with the next
     unseen batch and the same views. Having ``state_dict`` also tells Lightning that the loader is resumable.
 
     Consumed means handed to the training loop, counted here rather than in the sampler, which workers read ahead of

@@ -15,9 +15,9 @@ import torch
 from torch import Tensor, nn
 
 from selfsup.methods.losses import cosine_metrics, fp32
+from selfsup.nn.memory import Views
 
 PairLoss = Callable[[Tensor, Tensor], Tensor]
-Views = Sequence[Optional[Tensor]]
 
 
 class PairStep(NamedTuple):

@@ -29,7 +29,10 @@ class Method:
     options: ClassVar[Optional[type]] = None  # the attrs option group of its own fields (ModelParams inherits it)
     presets: ClassVar[Tuple[Preset, ...]] = ()  # its named recipes
     reads_negatives: ClassVar[bool] = False  # the use_negative_examples_from_* flags matter
+    batch_candidates: ClassVar[bool] = False  # compares each anchor with the batch whatever the flags (NNCLR, SupCon)
     momentum_target: ClassVar[Optional[bool]] = None  # True / False: defined with / without an EMA target
+    # Fields added to the method later -> the value in effect before they existed, for checkpoints written without them
+    legacy_defaults: ClassVar[Mapping[str, Any]] = {}
 
     def source(self) -> str:
         """The method's file, for messages."""
@@ -55,7 +58,7 @@ class Method:
     def check_memory(self, p: SharedParams) -> None:
         """The rule of the memory :meth:`memory` builds: it holds whole batches (``K``, for the default queue)."""
         if self.uses_queue(p):
-            check_length("K", p.K, p.batch_size)
+            check_length("ModelParams.K", p.K, p.batch_size)
 
     # --- the step ----------------------------------------------------------------------------------------------------
     def step(self, p: SharedParams, encoder: nn.Module) -> TrainingStep[Any]:
@@ -72,26 +75,34 @@ class Method:
         """The step's loss for params ``p``, over the (query view, key view) ``pairs``."""
         raise NotImplementedError(f"{type(self).__name__} defines no criterion")
 
+    def build_criterion(self, p: SharedParams) -> PairwiseCriterion:
+        """:meth:`criterion` over the view pairs of the symmetry and multi-crop fields, combined by
+        ``view_pair_reduction`` and scaled by ``loss_constant_factor``."""
+        pairs = view_pairs(p.num_global_crops, p.num_local_crops, p.use_both_augmentations_as_queries)
+        return self.criterion(p, pairs, p.view_pair_reduction, p.loss_constant_factor)
+
     def memory(self, p: SharedParams, pairs: Sequence[Tuple[int, int]]) -> Optional[Memory]:
         """What the step remembers: by default, with :meth:`uses_queue`, the last ``K`` keys of the first pair's key
         view (MoCo's queue), gathered from every process with ``gather_keys_for_queue``."""
         if not self.uses_queue(p):
             return None
-        return Memory(p.dim, p.K, views=[pairs[0][1]], field="K", gather=p.gather_keys_for_queue)
+        return Memory(p.dim, p.K, views=[pairs[0][1]], field="ModelParams.K", gather=p.gather_keys_for_queue,
+                      gather_field="ModelParams.gather_keys_for_queue")
 
     def upgrade_legacy_state(self, state: StateDict, prefix: str) -> None:
         """Rename, in a checkpoint's ``state`` (keys under ``prefix``), what older versions of the method kept
         elsewhere."""
 
     def dry_run(self, p: SharedParams) -> None:
-        """Build what the step reads from the params on the meta device (no memory, no compute), so that a field the
-        method reads but does not declare fails when the params are built. A method with its own :meth:`step` builds
-        that instead."""
-        pairs = view_pairs(p.num_global_crops, p.num_local_crops, p.use_both_augmentations_as_queries)
+        """Build what the joint-embedding step reads from the params, on the meta device (no memory, no compute), so
+        that a field the method reads but does not declare fails when the params are built. A method with its own
+        :meth:`step` overrides this to build what that step reads."""
+        if type(self).criterion is Method.criterion:
+            return
         with torch.device("meta"):
             self.head_prototypes(p)
-            self.criterion(p, pairs, p.view_pair_reduction, p.loss_constant_factor)
-            self.memory(p, pairs)
+            criterion = self.build_criterion(p)
+            self.memory(p, criterion.pairs)
 
     # --- recipes -----------------------------------------------------------------------------------------------------
     def short_run_overrides(self, p: SharedParams) -> Dict[str, Any]:

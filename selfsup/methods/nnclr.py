@@ -14,7 +14,7 @@ from selfsup.methods.criteria import LossOutput, PairStep, PairwiseCriterion
 from selfsup.methods.losses import accuracy_metrics, cosine_metrics, own_rows, split_positive
 from selfsup.methods.method import Method
 from selfsup.methods.options import SharedParams
-from selfsup.methods.preset import BYOL_VIEWS, LARS_WITHOUT_BIAS_AND_NORM, NO_NEGATIVES, Preset
+from selfsup.methods.preset import BYOL_VIEWS, LARS_WITHOUT_BIAS_AND_NORM, Preset
 from selfsup.methods.registry import register
 
 
@@ -59,6 +59,8 @@ NNCLR_PRESET = Preset(
     "predictions in the batch, averaged over both orderings; 3-layer BN projector, 4096-wide predictor, LARS.",
     fields=dict(
         loss_type="nnclr",
+        use_negative_examples_from_batch=True,  # what it compares with, whatever the flag
+        use_negative_examples_from_queue=False,
         use_lagging_model=False,
         use_target_stop_gradient=True,
         use_both_augmentations_as_queries=True,
@@ -76,7 +78,6 @@ NNCLR_PRESET = Preset(
         weight_decay=1e-6,
         lars_warmup_epochs=10,
         **BYOL_VIEWS,
-        **NO_NEGATIVES,
         **LARS_WITHOUT_BIAS_AND_NORM,
     ),
 )
@@ -86,6 +87,7 @@ NNCLR_PRESET = Preset(
 class NNCLR(Method):
     loss_types = ("nnclr",)
     presets = (NNCLR_PRESET,)
+    batch_candidates = True
     momentum_target = False
 
     def uses_queue(self, p: SharedParams) -> bool:

@@ -1,6 +1,6 @@
-"""The fields every method may read (:class:`SharedParams`: the encoder, data, view, head, optimization and
-distributed groups plus :class:`MethodOptions`), the table of registered ``loss_type`` names, and the errors and
-warnings of a ModelParams field.
+"""The fields every method may read (:class:`SharedParams`: the encoder, data, view, head, optimization,
+distributed and long-run groups plus :class:`MethodOptions`), the table of registered ``loss_type`` names, and the
+errors and warnings of a ModelParams field.
 
 A method reads these fields and its own option group (``Method.options``); ``selfsup.config.ModelParams`` is
 SharedParams plus the option group of every registered method, so the fields a method reads are all in it.
@@ -19,7 +19,7 @@ from selfsup.data.views import ViewOptions
 from selfsup.distributed.options import DistributedOptions
 from selfsup.nn.backbones import EncoderOptions
 from selfsup.nn.heads import HeadOptions, PrototypeOptions
-from selfsup.optim.optimizers import OptimOptions
+from selfsup.optim.options import OptimOptions
 from selfsup.options import option
 
 G = TypeVar("G")
@@ -84,9 +84,19 @@ class MethodOptions:
                                              "(SimCLR)", choices=VIEW_PAIR_REDUCTIONS)
 
 
+@attrs.frozen(kw_only=True, slots=False)
+class LongRunOptions:
+    """Long runs"""
+
+    collapse_std_fraction: float = option(0.1, "collapse warning when step_embedding_std stays below this fraction "
+                                               "of 1/sqrt(projection width)...", low=0)
+    collapse_patience_steps: int = option(100, "... for this many consecutive steps (0 as the fraction: off)", low=1)
+
+
 # attrs puts the fields of the last base first: the groups are listed last to first.
 @attrs.frozen(kw_only=True, slots=False)
 class SharedParams(
+    LongRunOptions,
     DistributedOptions,
     OptimOptions,
     HeadOptions,
@@ -96,4 +106,5 @@ class SharedParams(
     DataSourceOptions,
     EncoderOptions,
 ):
-    """The fields of ModelParams that every method may read; a method's own fields come from its option group."""
+    """The fields of ModelParams that are not a method's own: every method may read them (the long-run options are
+    the training loop's), and its own fields come from its option group."""

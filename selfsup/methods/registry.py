@@ -6,12 +6,15 @@ from __future__ import annotations
 
 from typing import Dict, List, Tuple, Type, TypeVar
 
+import attr
+
+from selfsup.methods.criteria import PairwiseCriterion
 from selfsup.methods.method import Method
-from selfsup.methods.options import LOSS_TYPE_NAMES, canonical_loss_type, loss_types
+from selfsup.methods.options import LOSS_TYPE_NAMES, SharedParams, canonical_loss_type, loss_types
 from selfsup.methods.preset import Preset
 
 M = TypeVar("M", bound=Type[Method])
-REGISTRY: Dict[str, Method] = {}  # loss_type -> its method (the methods' own names, not the aliases)
+REGISTRY: Dict[str, Method] = {}  # loss_type (a method's name, or an older alias of it) -> its method
 
 
 def register(cls: M) -> M:
@@ -22,15 +25,13 @@ def register(cls: M) -> M:
     method = cls()
     for name in (*cls.loss_types, *cls.aliases):
         if name in LOSS_TYPE_NAMES:
-            owner = REGISTRY[LOSS_TYPE_NAMES[name]]
+            owner = REGISTRY[name]
             raise ValueError(f"loss_type {name!r} is registered twice: {type(owner).__name__}, {cls.__name__}")
     for alias, name in cls.aliases.items():
         if name not in cls.loss_types:
             raise ValueError(f"{cls.__name__}.aliases: {alias!r} names {name!r}, which is not one of its loss_types")
-    for name in cls.loss_types:
-        LOSS_TYPE_NAMES[name] = name
-        REGISTRY[name] = method
-    LOSS_TYPE_NAMES.update(cls.aliases)
+    LOSS_TYPE_NAMES.update({name: name for name in cls.loss_types}, **cls.aliases)
+    REGISTRY.update({name: method for name in (*cls.loss_types, *cls.aliases)})
     return cls
 
 
@@ -47,9 +48,22 @@ def method_of(loss_type: str) -> Method:
         raise ValueError(f"loss_type {loss_type!r} is not registered; registered: {', '.join(loss_types())}") from None
 
 
+def build_criterion(p: SharedParams) -> PairwiseCriterion:
+    """The criterion of params ``p``, as its method's joint-embedding step builds it."""
+    return method_of(p.loss_type).build_criterion(p)
+
+
 def option_groups() -> Tuple[type, ...]:
-    """The option groups of the registered methods, in registration order."""
-    return tuple(method.options for method in methods() if method.options is not None)
+    """The option groups of the registered methods, in registration order, after checking that no field is declared
+    twice (by two groups, or by a group and SharedParams)."""
+    owners: Dict[str, str] = {field.name: "SharedParams" for field in attr.fields(SharedParams)}
+    groups = tuple(method.options for method in methods() if method.options is not None)
+    for group in groups:
+        for field in attr.fields(group):
+            if field.name in owners:
+                raise TypeError(f"{group.__name__}.{field.name} is declared by {owners[field.name]} too")
+            owners[field.name] = group.__name__
+    return groups
 
 
 def preset_specs() -> Dict[str, Preset]:

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from selfsup import distributed
-from selfsup.methods.criteria import LossOutput, PairStep, PairwiseCriterion, view_pairs
+from selfsup.methods.criteria import LossOutput, PairStep, PairwiseCriterion
+from selfsup.methods.losses import identity
 from selfsup.methods.options import SharedParams
 from selfsup.nn.heads import MLP, PrototypeLayer, Prototypes
 from selfsup.nn.memory import Memory
@@ -27,9 +28,9 @@ StateDict = Dict[str, Any]
 
 
 class Progress(NamedTuple):
-    """Where the run is: optimizer steps taken (the step being computed has this index) out of the run's total."""
+    """Where the run is: optimizer steps taken (Lightning's global_step) out of the run's total."""
 
-    step: int
+    global_step: int
     total_steps: int
 
 
@@ -67,7 +68,8 @@ class TrainingStep(nn.Module, Generic[Output]):
                 layer.skip_update_if_frozen(epoch)
 
     def after_optimizer_step(self, encoder: nn.Module, progress: Progress) -> None:
-        """Updates that follow the weights (an EMA target), with ``progress.step`` counting this optimizer step."""
+        """Updates that follow the weights (an EMA target), with ``progress.global_step`` counting this optimizer
+        step."""
 
     def set_epoch(self, epoch: int) -> None:
         """Called before each training epoch, and when a run resumes mid-epoch."""
@@ -89,8 +91,7 @@ class JointEmbeddingMethod(Protocol):
 
     def head_prototypes(self, p: SharedParams) -> Optional[Prototypes]: ...
 
-    def criterion(self, p: SharedParams, pairs: Sequence[Tuple[int, int]], reduction: str,
-                  factor: float) -> PairwiseCriterion: ...
+    def build_criterion(self, p: SharedParams) -> PairwiseCriterion: ...
 
     def memory(self, p: SharedParams, pairs: Sequence[Tuple[int, int]]) -> Optional[Memory]: ...
 
@@ -99,7 +100,7 @@ class JointEmbeddingMethod(Protocol):
 
 @attr.s(auto_attribs=True, frozen=True)
 class JointStepOutput(StepOutput):
-    step: PairStep  # the queries, keys, memory and labels the criterion received
+    pair_step: PairStep  # the queries, keys, memory and labels the criterion received
     criterion_output: LossOutput
 
 
@@ -134,11 +135,12 @@ class JointEmbeddingStep(TrainingStep[JointStepOutput]):
         super().__init__()
         # DINO's prototype layer ends the projection head, so the teacher's EMA covers it; SwAV's prototypes belong
         # to its criterion (no EMA copy, and its memory is scored with the current prototypes).
-        prototypes = method.head_prototypes(p)
-        head_dim = p.dim if prototypes is None else prototypes.count
+        prototypes = method.head_prototypes(p) or Prototypes(0)
+        head_dim = prototypes.count or p.dim
         self.projection: nn.Module = MLP(  # a SyncBatchNorm conversion may replace it
             p.embedding_dim, p.dim, p.mlp_hidden_dim, p.projection_mlp_layers, p.mlp_normalization,
-            p.use_mlp_weight_standardization, p.mlp_activation, p.projection_output_batch_norm, prototypes,
+            p.use_mlp_weight_standardization, p.mlp_activation, p.projection_output_batch_norm, prototypes.count,
+            prototypes.frozen_epochs,
         )
         self.prediction: nn.Module = MLP(
             head_dim, head_dim, p.resolved_prediction_mlp_hidden_dim, p.prediction_mlp_layers,
@@ -147,8 +149,7 @@ class JointEmbeddingStep(TrainingStep[JointStepOutput]):
         if p.sync_batch_norm is not None:  # before the EMA copy is made, so the target synchronizes too
             self.projection = distributed.convert_sync_batchnorm(self.projection)
             self.prediction = distributed.convert_sync_batchnorm(self.prediction)
-        pairs = view_pairs(p.num_global_crops, p.num_local_crops, p.use_both_augmentations_as_queries)
-        self.criterion = method.criterion(p, pairs, p.view_pair_reduction, p.loss_constant_factor)
+        self.criterion = method.build_criterion(p)
         self.query_views = self.criterion.query_views
         if p.use_lagging_model:
             self.target: Union[MomentumTarget, OnlineTarget] = MomentumTarget(
@@ -157,9 +158,8 @@ class JointEmbeddingStep(TrainingStep[JointStepOutput]):
         else:
             self.target = OnlineTarget(self.criterion.key_views, p.use_target_stop_gradient)
             self.online_views = sorted(set(self.query_views) | set(self.criterion.key_views))
-        self.memory = method.memory(p, pairs)
-        self.normalize: Callable[[Tensor], Tensor] = (unit_sphere if p.use_unit_sphere_projection
-                                                      else distributed.identity)
+        self.memory = method.memory(p, self.criterion.pairs)
+        self.normalize: Callable[[Tensor], Tensor] = unit_sphere if p.use_unit_sphere_projection else identity
         self.momentum_schedule = MomentumSchedule(p.m, 1.0 if p.use_momentum_schedule else p.m)
         self.temperature = p.T
         self.constant_prediction_lr = p.use_constant_prediction_lr
@@ -173,7 +173,7 @@ class JointEmbeddingStep(TrainingStep[JointStepOutput]):
         keys = [None if k is None else self.normalize(k) for k in self.target(views, projections)]
         step = PairStep(queries, keys, None if self.memory is None else self.memory.read(), labels)
         out = self.criterion(*step)
-        schedule = {"m": self.momentum_schedule(progress.step, progress.total_steps), "T": self.temperature}
+        schedule = {"m": self.momentum_schedule(progress.global_step, progress.total_steps), "T": self.temperature}
         return JointStepOutput(out.loss, out.metrics, schedule, projections[self.query_views[0]], step, out)
 
     def _online_projections(self, encoder: nn.Module, views: Sequence[Tensor]) -> List[Optional[Tensor]]:
@@ -187,13 +187,14 @@ class JointEmbeddingStep(TrainingStep[JointStepOutput]):
         return _place(self.query_views, predictions, len(projections))
 
     def after_backward(self, output: JointStepOutput, epoch: int) -> None:
+        # the criterion first: the step's memory is a view of the rows the write below replaces
+        self.criterion.after_step(output.pair_step, output.criterion_output)
         if self.memory is not None:
-            self.memory.write(output.step.keys)
-        self.criterion.after_step(output.step, output.criterion_output)
+            self.memory.write(output.pair_step.keys)
         super().after_backward(output, epoch)
 
     def after_optimizer_step(self, encoder: nn.Module, progress: Progress) -> None:
-        momentum = self.momentum_schedule(progress.step, progress.total_steps)
+        momentum = self.momentum_schedule(progress.global_step, progress.total_steps)
         self.target.update([encoder, self.projection], momentum)
 
     def set_epoch(self, epoch: int) -> None:

@@ -15,7 +15,7 @@ from selfsup.methods.criteria import LossOutput, PairStep, PairwiseCriterion
 from selfsup.methods.losses import cosine_metrics, fp32, own_rows, split_positive
 from selfsup.methods.method import Method
 from selfsup.methods.options import SharedParams
-from selfsup.methods.preset import NO_NEGATIVES, Preset
+from selfsup.methods.preset import Preset
 from selfsup.methods.registry import register
 
 
@@ -82,12 +82,13 @@ SUPCON = Preset(
     "class is a positive, averaged outside the log; T=0.1. Needs labelled data.",
     fields=dict(
         loss_type="supcon",
+        use_negative_examples_from_batch=True,  # what it compares with, whatever the flag
+        use_negative_examples_from_queue=False,
         use_lagging_model=False,
         use_both_augmentations_as_queries=True,
         view_pair_reduction="mean",
         T=0.1,
         K=0,
-        **NO_NEGATIVES,
     ),
 )
 
@@ -96,6 +97,7 @@ SUPCON = Preset(
 class SupCon(Method):
     loss_types = ("supcon",)
     presets = (SUPCON,)
+    batch_candidates = True
     momentum_target = False
 
     def criterion(self, p: SharedParams, pairs: Sequence[Tuple[int, int]], reduction: str,

@@ -58,7 +58,6 @@ class SwAVCriterion(PairwiseCriterion):
         pairs: Sequence[Tuple[int, int]],
         reduction: str,
         factor: float,
-        dim: int,
         prototypes: PrototypeLayer,
         temperature: float,
         epsilon: float,
@@ -155,14 +154,13 @@ class SwAV(Method):
     def check_memory(self, p: SharedParams) -> None:
         length = options_of(p, SwAVOptions).swav_queue_length
         if length:
-            check_length("swav_queue_length", length, p.batch_size)
+            check_length("ModelParams.swav_queue_length", length, p.batch_size)
 
     def criterion(self, p: SharedParams, pairs: Sequence[Tuple[int, int]], reduction: str,
                   factor: float) -> PairwiseCriterion:
         s = options_of(p, SwAVOptions)
         return SwAVCriterion(
             pairs, reduction, factor,
-            dim=p.dim,
             prototypes=PrototypeLayer(p.dim, p.num_prototypes, frozen_epochs=p.freeze_prototypes_epochs),
             temperature=p.T,
             epsilon=s.sinkhorn_epsilon,
@@ -175,15 +173,17 @@ class SwAV(Method):
         s = options_of(p, SwAVOptions)
         if not s.swav_queue_length:
             return None
-        return Memory(p.dim, s.swav_queue_length, views=range(p.num_global_crops), field="swav_queue_length",
-                      gather=True, start_epoch=s.swav_queue_start_epoch, whole=True)
+        return Memory(p.dim, s.swav_queue_length, views=range(p.num_global_crops),
+                      field="ModelParams.swav_queue_length", gather=True, start_epoch=s.swav_queue_start_epoch,
+                      whole=True)
 
     def upgrade_legacy_state(self, state: StateDict, prefix: str) -> None:
-        # Before the step's memory, the criterion kept the queue newest row first, [views, length, dim], with a count
-        # of rows written; as a ring the same rows are oldest first, the next row written after the last.
+        # Before the step's memory, the criterion kept the queue newest batch first, [views, length, dim], with a
+        # count of rows written. The ring below holds the same rows, reversed (row order within the queue does not
+        # change the codes), so that the next write overwrites the oldest rows first.
         queue = state.pop(prefix + "criterion.feature_queue", None)
         count = state.pop(prefix + "criterion.queue_filled", None)
-        if queue is None or count is None:
+        if queue is None or count is None or queue.shape[1] == 0:  # a run without a feature queue has no memory
             return
         filled = min(int(count), queue.shape[1])
         rows = torch.zeros_like(queue)

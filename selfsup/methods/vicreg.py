@@ -119,6 +119,7 @@ class VICReg(Method):
     loss_types = ("vicreg",)
     aliases = {"vic": "vicreg"}
     options = VICRegOptions
+    legacy_defaults = {"vicreg_variance_reduction": "sum"}  # the paper's form, before the official code's
     presets = (VICREG,)
 
     def check(self, p: SharedParams) -> None:

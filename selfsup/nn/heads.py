@@ -62,9 +62,6 @@ class Prototypes:
     count: int
     frozen_epochs: int = 0
 
-    def build(self, dim: int) -> PrototypeLayer:
-        return PrototypeLayer(dim, self.count, self.frozen_epochs)
-
 
 ACTIVATIONS: Dict[str, Callable[[], nn.Module]] = {"relu": lambda: nn.ReLU(inplace=True), "gelu": nn.GELU}
 
@@ -73,8 +70,9 @@ class MLP(nn.Module):
     """Projection / prediction head: 0 layers = Identity, 1 = Linear, n = (n-1) x [Linear, norm, act] + Linear.
 
     Weight standardization (``ws``) applies to the hidden layers only. ``output_batch_norm`` appends a BatchNorm
-    without affine parameters (SimSiam, MoCo v3, SimCLR v2); ``prototypes`` appends a :class:`PrototypeLayer`
-    (DINO's head), so the output width becomes ``prototypes.count``.
+    without affine parameters (SimSiam, MoCo v3, SimCLR v2); ``num_prototypes`` appends a :class:`PrototypeLayer`
+    (DINO's head), frozen for its first ``frozen_prototype_epochs`` epochs, so the output width becomes
+    ``num_prototypes``.
     """
 
     def __init__(
@@ -87,7 +85,8 @@ class MLP(nn.Module):
         ws: bool = False,
         activation: str = "relu",
         output_batch_norm: bool = False,
-        prototypes: Optional[Prototypes] = None,
+        num_prototypes: int = 0,
+        frozen_prototype_epochs: int = 0,
     ) -> None:
         super().__init__()
         if num_layers == 0:
@@ -111,14 +110,12 @@ class MLP(nn.Module):
         if output_batch_norm:
             layers.append(nn.BatchNorm1d(output_dim, affine=False))
         self.net: nn.Module = layers[0] if len(layers) == 1 else nn.Sequential(*layers)
-        if prototypes is not None:
-            self.prototypes = prototypes.build(output_dim)
+        if num_prototypes:
+            self.prototypes = PrototypeLayer(output_dim, num_prototypes, frozen_prototype_epochs)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.net(x)
         return self.prototypes(x) if hasattr(self, "prototypes") else x
-
-
 
 
 @attrs.frozen(kw_only=True, slots=False)

@@ -10,19 +10,18 @@ import torch
 from torch import Tensor, nn
 
 from selfsup import distributed
-from selfsup.options import fail
 
-Views = Sequence[Optional[Tensor]]
+Views = Sequence[Optional[Tensor]]  # one tensor per view of a step, None for the views a tensor is not computed for
 
 
 def check_length(field: str, size: int, batch_size: int) -> None:
-    """The rule of a memory of ``size`` rows (ModelParams field ``field``) fed ``batch_size`` rows per step and
-    process: it holds whole batches (MoCo's original assertion)."""
+    """The rule of a memory of ``size`` rows (set by the option ``field``, named in the error) fed ``batch_size`` rows
+    per step and process: it holds whole batches (MoCo's original assertion)."""
     if size <= 0:
-        fail("ModelParams", field, f"got {size}; a memory needs at least one batch of rows")
+        raise ValueError(f"{field}: got {size}; a memory needs at least one batch of rows")
     if size % batch_size != 0:
-        fail("ModelParams", field, f"memory length {size} must be a multiple of batch_size {batch_size} (whole "
-                                   "batches enter it)")
+        raise ValueError(f"{field}: memory length {size} must be a multiple of batch_size {batch_size} (whole batches "
+                         "enter it)")
 
 
 class Memory(nn.Module):
@@ -32,7 +31,8 @@ class Memory(nn.Module):
     gathered from every process with ``gather``. The memory starts empty and :meth:`read` returns the rows written
     so far, [slots, filled, dim] (so every negative or neighbour is a real row), or None before ``start_epoch`` and,
     with ``whole``, until it is full (SwAV scores its queue only once it is full). Rows, pointer and fill count are
-    buffers, so checkpoints hold them.
+    buffers, so checkpoints hold them. ``field`` (the option that sets its length) and ``gather_field`` (the one that
+    turns gathering on, if any) name them in errors and warnings.
 
     Starting empty rather than with random unit vectors as MoCo does matters: early keys of a randomly initialised
     network lie in a narrow cone far from such vectors, so "point every query into the cone" separates the positive
@@ -44,10 +44,11 @@ class Memory(nn.Module):
     filled: Tensor  # 0-d long: how many rows of each slot hold data
 
     def __init__(self, dim: int, size: int, views: Sequence[int], field: str, gather: bool = False,
-                 start_epoch: int = 0, whole: bool = False) -> None:
+                 gather_field: Optional[str] = None, start_epoch: int = 0, whole: bool = False) -> None:
         super().__init__()
         self.views = list(views)
-        self.field, self.gather, self.start_epoch, self.whole = field, gather, start_epoch, whole
+        self.field, self.gather, self.gather_field = field, gather, gather_field
+        self.start_epoch, self.whole = start_epoch, whole
         self.register_buffer("rows", torch.zeros(len(self.views), size, dim))
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("filled", torch.zeros((), dtype=torch.long))
@@ -86,15 +87,15 @@ class Memory(nn.Module):
         """The rules that need the number of processes, when fit starts: a gathering memory holds whole global
         batches; one that does not gather holds only rank 0's rows under DDP (a warning)."""
         if self.gather and self.size % (batch_size * world_size) != 0:
-            fail("ModelParams", self.field, f"{self.size} must be a multiple of the global batch "
-                                            f"{batch_size * world_size} (batch_size {batch_size} x {world_size} "
-                                            "processes): every step writes the rows of all processes")
+            raise ValueError(f"{self.field}: {self.size} must be a multiple of the global batch "
+                             f"{batch_size * world_size} (batch_size {batch_size} x {world_size} processes): every "
+                             "step writes the rows of all processes")
         if not self.gather and world_size > 1:
+            fix = f"; set {self.gather_field}=True to write the whole global batch" if self.gather_field else ""
             warnings.warn(
-                f"a memory without gathering ({self.field}, gather_keys_for_queue=False) with {world_size} processes: "
-                "each process writes only its own rows and DDP broadcasts rank 0's buffers before every step, so "
-                "every memory holds rank 0's rows only; set gather_keys_for_queue=True to write the whole global "
-                "batch", stacklevel=2)
+                f"{self.field} without gathering, with {world_size} processes: each process writes only its own rows "
+                f"and DDP broadcasts rank 0's buffers before every step, so every memory holds rank 0's rows "
+                f"only{fix}", stacklevel=2)
 
     def _load_from_state_dict(self, state_dict: Dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

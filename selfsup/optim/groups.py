@@ -4,6 +4,7 @@ learning rate."""
 from __future__ import annotations
 
 import itertools
+import warnings
 from typing import Any, Dict, List, Sequence, Tuple
 
 from torch import nn
@@ -26,17 +27,23 @@ def parameter_groups(
 
     A parameter is excluded when its name contains one of ``exclude_name_substrings`` or, with
     ``exclude_bias_and_norm``, when it is a bias or belongs to a normalization layer (chosen by module type, so
-    downsample and MLP norm layers are caught too). Frozen parameters (the EMA target) are left out, and so are
-    empty groups.
+    downsample and MLP norm layers are caught too). A substring that matches no parameter warns (parameter names
+    change with a module's layout). Frozen parameters (the EMA target) are left out, and so are empty groups.
     """
     constant_ids = {id(p) for m in constant_lr_modules for p in m.parameters()}
     groups: Dict[Tuple[bool, bool], List[nn.Parameter]] = {
         key: [] for key in itertools.product((False, True), (False, True))
     }
-    for name, parameter, owner in named_parameters_with_owner(module):
+    named = named_parameters_with_owner(module)
+    for name, parameter, owner in named:
         by_name = any(sub in name for sub in exclude_name_substrings)
         by_type = exclude_bias_and_norm and is_bias_or_norm(name, owner)
         groups[(by_name or by_type, id(parameter) in constant_ids)].append(parameter)
+    for sub in exclude_name_substrings:
+        if not any(sub in name for name, _, _ in named):
+            examples = ", ".join(name for name, _, _ in named[:3])
+            warnings.warn(f"exclude_matching_parameters_from_lars: {sub!r} is in no parameter name (they read like "
+                          f"{examples}, ...), so it excludes nothing", UserWarning, stacklevel=2)
     return [
         {
             "name": ("excluded" if excluded else "regular") + (" constant lr" if constant else ""),

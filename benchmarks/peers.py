@@ -207,6 +207,20 @@ class SwAVPeer(Peer):
         return self.criterion(scores[:high], scores[high:])
 
 
+class TiCoPeer(MomentumPeer):
+    """TiCo as lightly's benchmark wires it, at the preset's head widths and beta / rho: the online projection of
+    the first view against the momentum projection of the second, one ordering."""
+
+    def __init__(self, encoder: nn.Module, params: ModelParams) -> None:
+        super().__init__(encoder, params)
+        self.head = lightly_modules.heads.TiCoProjectionHead(params.embedding_dim, params.mlp_hidden_dim, params.dim)
+        self.make_target()
+        self.criterion = lightly_loss.TiCoLoss(beta=params.tico_beta, rho=params.tico_rho)
+
+    def loss(self, views: Sequence[Tensor], epoch: int) -> Tensor:
+        return self.criterion(self.head(self.encoder(views[0])), self.target(views[1:2])[0])
+
+
 PEERS: Dict[str, Type[Peer]] = {
     "simclr": SimCLRPeer,
     "moco_v2": MoCoPeer,
@@ -217,6 +231,7 @@ PEERS: Dict[str, Type[Peer]] = {
     "nnclr": NNCLRPeer,
     "dino": DINOPeer,
     "swav": SwAVPeer,
+    "tico": TiCoPeer,
 }
 
 

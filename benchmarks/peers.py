@@ -3,9 +3,10 @@
 
 Only the method comes from lightly: its projection/prediction heads, losses, memory banks and momentum update, wired
 the way lightly's own CIFAR-10 benchmark wires them (head widths for a 512-d ResNet-18, temperatures, symmetric
-losses). Everything else is ours and identical to the run it is compared with: the data module (split, views,
-augmentation), the backbone, the optimizer and its schedule (``optimizer_and_schedule`` of the same params, so the
-same short-run recipe), the EMA momentum schedule, the batch and the epochs.
+losses); TiCo, which that benchmark lacks, takes the preset's head widths and beta / rho. Everything else is ours and
+identical to the run it is compared with: the data module (split, views, augmentation), the backbone, the optimizer
+and its schedule (``optimizer_and_schedule`` of the same params, so the same short-run recipe), the EMA momentum
+schedule, the batch and the epochs.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from typing import Any, Callable
 import pytorch_lightning as pl
 
 from selfsup.config import ModelParams, small_run_overrides
+from selfsup.methods import PairwiseCriterion
 
 # Small enough for a CPU step in well under a second, large enough for BatchNorm and a queue.
 TINY = dict(
@@ -45,3 +46,8 @@ def cpu_trainer(**kwargs: Any) -> pl.Trainer:
         warnings.simplefilter("ignore")
         return pl.Trainer(**defaults)
 
+
+
+def build_criterion(params: ModelParams) -> PairwiseCriterion:
+    """The criterion of ``params``, as its method's joint-embedding step builds it."""
+    return params.method.build_criterion(params)

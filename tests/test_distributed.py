@@ -29,13 +29,12 @@ import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from helpers import cpu_trainer
+from helpers import build_criterion, cpu_trainer
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from selfsup import distributed as selfsup_dist
 from selfsup.config import ModelParams, SimCLRParams, TiCoParams, VICRegParams
-from selfsup.methods import build_criterion
 from selfsup.nn.batchrenorm import BatchRenorm1d
 from selfsup.nn.target import MomentumTarget
 from selfsup.train.module import SelfSupervisedMethod

@@ -99,6 +99,7 @@ def test_generated_docs_match_the_code():
     """Regenerate with: python -m selfsup.cli.reference"""
     assert (ROOT / "docs" / "options.md").read_text() == reference.options_markdown()
     assert (ROOT / reference.PRESETS_STUB).read_text() == reference.presets_stub()
+    assert (ROOT / reference.PARAMS_STUB).read_text() == reference.params_stub()
     readme = (ROOT / "README.md").read_text()
     assert reference.with_preset_table(readme) == readme
     assert len(readme.splitlines()) <= 150

@@ -10,7 +10,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from helpers import cpu_trainer, tiny
+from helpers import build_criterion, cpu_trainer, tiny
 from torch import nn
 
 from selfsup.config import (
@@ -27,7 +27,7 @@ from selfsup.config import (
     SwAVParams,
     WMSEParams,
 )
-from selfsup.methods import PairStep, barlow_twins, build_criterion, dino, swav, wmse
+from selfsup.methods import PairStep, barlow_twins, dino, swav, wmse
 from selfsup.nn.heads import PrototypeLayer
 from selfsup.train.module import SelfSupervisedMethod
 

@@ -13,6 +13,7 @@ from helpers import cpu_trainer, tiny
 
 from selfsup import distributed
 from selfsup.config import PRESETS, BYOLParams, ModelParams, SimCLRParams, VICRegParams, make_params
+from selfsup.methods.steps import Progress
 from selfsup.train.module import SelfSupervisedMethod
 
 
@@ -125,6 +126,21 @@ def test_queue_receives_one_batch_of_keys_per_step():
     cpu_trainer(callbacks=[recorder], limit_val_batches=0).fit(model)
     # The callback sees the pointer after the step's enqueue: 8, 16, 24, 0 (4 steps of 8 keys into K=32).
     assert recorder.queue_ptr == [8, 16, 24, 0] and int(model.step.memory.ptr) == 0
+
+
+def test_the_criterion_sees_the_memory_its_loss_read_before_the_step_writes_it():
+    """The memory a step reads is a view of its rows; after the backward pass the criterion's after_step sees the
+    step as the loss saw it, and only then do the step's keys replace the rows (K equals one batch here)."""
+    model = SelfSupervisedMethod(tiny(ModelParams, K=8))
+    step = model.step
+    step.memory.write([None, torch.nn.functional.normalize(torch.randn(8, 32), dim=1)])
+    seen = []
+    step.criterion.after_step = lambda pair_step, output: seen.append(pair_step.memory.clone())
+    views = [torch.randn(8, 3, 32, 32) for _ in range(2)]
+    out = step(model.model, views, torch.zeros(8, dtype=torch.long), Progress(0, 1))
+    read = out.pair_step.memory.clone()
+    step.after_backward(out, epoch=0)
+    assert torch.equal(seen[0], read) and not torch.equal(step.memory.read(), read)
 
 
 def test_lars_warmup_is_counted_in_epochs_and_applied_per_step():

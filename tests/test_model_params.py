@@ -210,7 +210,9 @@ def test_unknown_field_is_never_silently_dropped():
         (dict(loss_type="ip", use_negative_examples_from_queue=False, use_lagging_model=False), "collapses"),
         (dict(use_unit_sphere_projection=False), "unbounded"),
         (dict(loss_type="nnclr", use_lagging_model=False, use_target_stop_gradient=True),
-         "'nnclr' takes its candidates from the batch only; use_negative_examples_from_queue is ignored"),
+         "'nnclr' always contrasts each anchor with the other samples of the batch and with no queue"),
+        (dict(loss_type="supcon", use_lagging_model=False, use_negative_examples_from_queue=False),
+         "use_negative_examples_from_batch=False and use_negative_examples_from_queue=True are ignored"),
     ],
 )
 def test_suspicious_configurations_warn(overrides, match):

@@ -52,6 +52,14 @@ def test_the_linear_probe_imports_no_training_code():
 
 
 @pytest.mark.slow
+def test_declaring_params_imports_no_training_library():
+    code = ("import sys; import selfsup; from selfsup import BYOLParams; BYOLParams(); "
+            "print(sorted(m for m in sys.modules if m.startswith(('pytorch_lightning', 'lightning'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["selfsup-train", "selfsup-linear", "selfsup-embed", "selfsup-shards",
                                      "selfsup-blog"])
 def test_console_commands_are_installed(command):

@@ -103,6 +103,19 @@ def test_a_method_reading_a_field_it_does_not_declare_fails_when_its_params_are_
         ModelParams(loss_type="undeclared", **NO_QUEUE)
 
 
+def test_an_attribute_error_of_another_object_is_not_taken_for_an_undeclared_field(scratch_registry):
+    @register
+    class Broken(Method):
+        loss_types = ("broken",)
+
+        def criterion(self, p: SharedParams, pairs: Sequence[Tuple[int, int]], reduction: str,
+                      factor: float) -> PairwiseCriterion:
+            return None.scale  # type: ignore[attr-defined, return-value]  # a bug of the method, not of the params
+
+    with pytest.raises(AttributeError, match="'NoneType' object has no attribute 'scale'"):
+        ModelParams(loss_type="broken", **NO_QUEUE)
+
+
 def test_a_method_registered_after_model_params_names_its_missing_option_group(scratch_registry):
     @attrs.frozen(kw_only=True, slots=False)
     class LateOptions:
@@ -220,5 +233,6 @@ def test_a_new_method_file_is_all_it_takes(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
     assert "def NewParams(**overrides: Any) -> ModelParams:" in (tmp_path / reference.PRESETS_STUB).read_text()
+    assert "from selfsup.methods.new import NewOptions" in (tmp_path / reference.PARAMS_STUB).read_text()
     assert "| `new_scale` |" in (tmp_path / "docs" / "options.md").read_text()
     assert "| `NewParams` | `new` |" in (tmp_path / "README.md").read_text()

@@ -15,6 +15,7 @@ from typing import Any, Iterable, List
 import attr
 
 from selfsup import methods
+from selfsup.config.base import ModelParamsBase
 from selfsup.config.params import ModelParams
 from selfsup.config.presets import PRESET_SPECS
 from selfsup.eval.linear import LinearClassifierMethodParams, ProbeOptions
@@ -110,14 +111,12 @@ def presets_stub() -> str:
         "",
         "from selfsup.config.build import PresetFunction as PresetFunction",
         "from selfsup.config.build import make_params as make_params",
+        "from selfsup.config.build import preset as preset",
         "from selfsup.config.params import ModelParams",
         "from selfsup.methods.preset import Preset",
         "",
         "PRESET_SPECS: Dict[str, Preset]",
         "PRESETS: Dict[str, PresetFunction]",
-        "",
-        "",
-        "def preset(key: str) -> PresetFunction: ...",
         "",
     ]
     for spec in PRESET_SPECS.values():
@@ -129,27 +128,22 @@ def presets_stub() -> str:
 
 def params_stub() -> str:
     """selfsup/config/params.pyi: ModelParams with the registered methods' option groups as static bases."""
-    groups = tuple(reversed(methods.option_groups()))
-    imports = sorted([*(f"from {group.__module__} import {group.__name__}" for group in groups),
-                      "from selfsup.methods.method import Method", "from selfsup.methods.options import SharedParams"])
-    bases = [f"    {group.__name__}," for group in groups]
+    bases = [*methods.model_params_bases(), ModelParamsBase]
+    imports = sorted(f"from {base.__module__} import {base.__name__}" for base in bases)
+    doc = (ModelParams.__doc__ or "").strip().splitlines()
     return "\n".join([
         *_stub_header("selfsup.config.params", "methods' option groups"),
         "import attrs",
         "",
         *imports,
         "",
-        "",
         "@attrs.frozen(kw_only=True, slots=False)",
         "class ModelParams(",
-        *bases,
-        "    SharedParams,",
+        *(f"    {base.__name__}," for base in bases),
         "):",
-        "    def __attrs_post_init__(self) -> None: ...",
-        "    @property",
-        "    def method(self) -> Method: ...",
-        "    @property",
-        "    def uses_queue(self) -> bool: ...",
+        f'    """{doc[0]}',
+        *(f"    {line.strip()}" if line.strip() else "" for line in doc[1:]),
+        '    """',
         "",
     ])
 

@@ -1,7 +1,7 @@
 """Configuration: :class:`ModelParams` (``params``: the shared fields and every registered method's option group),
 the rules across fields (``validation``), building params (``build``), the named presets (``presets``) and the
-recipes that rescale them (``recipes``). The option groups are declared where their fields are read and re-exported
-here."""
+recipes that rescale them (``recipes``). The option groups are declared in the lowest layer that needs them and
+re-exported here."""
 
 from selfsup.config import presets
 from selfsup.config.build import preset_function

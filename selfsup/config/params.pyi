@@ -3,10 +3,10 @@ methods' option groups; do not edit by hand."""
 
 import attrs
 
+from selfsup.config.base import ModelParamsBase
 from selfsup.methods.barlow_twins import BarlowTwinsOptions
 from selfsup.methods.contrastive import EqCoOptions
 from selfsup.methods.dino import DINOOptions
-from selfsup.methods.method import Method
 from selfsup.methods.options import SharedParams
 from selfsup.methods.swav import SwAVOptions
 from selfsup.methods.tico import TiCoOptions
@@ -23,9 +23,11 @@ class ModelParams(
     EqCoOptions,
     BarlowTwinsOptions,
     SharedParams,
+    ModelParamsBase,
 ):
-    def __attrs_post_init__(self) -> None: ...
-    @property
-    def method(self) -> Method: ...
-    @property
-    def uses_queue(self) -> bool: ...
+    """All knobs of :class:`selfsup.train.SelfSupervisedMethod`. The defaults are MoCo v2 with a ResNet-18 on STL-10.
+
+    Validation runs at construction, before any data or model is touched: impossible settings raise ``ValueError``
+    naming the field, suspicious but legal ones warn (config.validation). Ablations use ``attr.evolve(params,
+    field=value)``, which validates again.
+    """

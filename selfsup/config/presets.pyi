@@ -5,14 +5,12 @@ from typing import Any, Dict
 
 from selfsup.config.build import PresetFunction as PresetFunction
 from selfsup.config.build import make_params as make_params
+from selfsup.config.build import preset as preset
 from selfsup.config.params import ModelParams
 from selfsup.methods.preset import Preset
 
 PRESET_SPECS: Dict[str, Preset]
 PRESETS: Dict[str, PresetFunction]
-
-
-def preset(key: str) -> PresetFunction: ...
 
 
 def BarlowTwinsParams(**overrides: Any) -> ModelParams:

@@ -43,11 +43,12 @@ def validate_params(p: SharedParams) -> None:
     if p.num_global_crops < 2 and p.num_local_crops == 0:
         fail("num_global_crops", f"got {p.num_global_crops}; two views are needed (add global or local crops)")
 
-    if not method.reads_negatives and p.use_negative_examples_from_queue and method.batch_candidates:
-        suspicious(f"loss_type={p.loss_type!r} takes its candidates from the batch only; "
-                   "use_negative_examples_from_queue is ignored")
-    elif not method.reads_negatives and not method.batch_candidates and (
-            p.use_negative_examples_from_batch or p.use_negative_examples_from_queue):
+    if method.batch_candidates:
+        if p.use_negative_examples_from_queue or not p.use_negative_examples_from_batch:
+            suspicious(f"loss_type={p.loss_type!r} always contrasts each anchor with the other samples of the batch "
+                       "and with no queue of negatives; use_negative_examples_from_batch=False and "
+                       "use_negative_examples_from_queue=True are ignored")
+    elif not method.reads_negatives and (p.use_negative_examples_from_batch or p.use_negative_examples_from_queue):
         suspicious(f"loss_type={p.loss_type!r} reads no negatives; use_negative_examples_from_* are ignored")
     if method.momentum_target is True and not p.use_lagging_model:
         suspicious(f"loss_type={p.loss_type!r} is defined with an EMA target (teacher), but use_lagging_model=False")

@@ -18,7 +18,7 @@ from torch import Tensor
 
 
 def identity(x: Tensor) -> Tensor:
-    """What a collective is when nothing is collected: a method that gathers on demand holds this instead."""
+    """The identity: what a gather is when nothing is collected, and any optional transform when it is off."""
     return x
 
 

@@ -24,7 +24,6 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from selfsup import data, distributed
 from selfsup.data.sources import DataSourceOptions
 from selfsup.eval import probes
-from selfsup.methods.losses import identity
 from selfsup.nn.backbones import EncoderOptions, get_encoder, use_channels_last, with_representation
 from selfsup.options import build_attrs, check_fields, option
 
@@ -128,7 +127,7 @@ class LinearClassifierMethod(pl.LightningModule):
         nn.init.normal_(self.classifier.weight, std=CLASSIFIER_INIT_STD)
         nn.init.zeros_(self.classifier.bias)
         # The training and validation steps see images, or already the encoder's features.
-        self.featurize: Callable[[Tensor], Tensor] = identity if params.precompute_features else self.encode
+        self.featurize: Callable[[Tensor], Tensor] = distributed.identity if params.precompute_features else self.encode
         self._images: Optional[Tuple[Dataset, Dataset]] = None
         self._features: Optional[Tuple[TensorDataset, TensorDataset]] = None
 

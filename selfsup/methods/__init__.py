@@ -13,9 +13,9 @@ from selfsup.methods.options import SharedParams, loss_types
 from selfsup.methods.preset import Preset
 from selfsup.methods.registry import (
     REGISTRY,
-    build_criterion,
     method_of,
     methods,
+    model_params_bases,
     option_groups,
     preset_specs,
     register,
@@ -26,5 +26,5 @@ for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["REGISTRY", "JointEmbeddingStep", "LossOutput", "Method", "PairStep", "PairwiseCriterion", "Preset",
-           "Progress", "SharedParams", "StepOutput", "TrainingStep", "build_criterion", "loss_types", "method_of",
-           "methods", "option_groups", "preset_specs", "register", "view_pairs"]
+           "Progress", "SharedParams", "StepOutput", "TrainingStep", "loss_types", "method_of", "methods",
+           "model_params_bases", "option_groups", "preset_specs", "register", "view_pairs"]

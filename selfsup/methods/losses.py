@@ -13,11 +13,6 @@ from torch import Tensor
 from selfsup import distributed
 
 
-def identity(x: Tensor) -> Tensor:
-    """The transform of a flag that is off (no normalization, no gather)."""
-    return x
-
-
 def fp32(x: Tensor) -> Tensor:
     """At least float32: half-precision logits overflow in exp and lose the small differences that matter."""
     return x.to(torch.promote_types(x.dtype, torch.float32))

@@ -59,7 +59,7 @@ NNCLR_PRESET = Preset(
     "predictions in the batch, averaged over both orderings; 3-layer BN projector, 4096-wide predictor, LARS.",
     fields=dict(
         loss_type="nnclr",
-        use_negative_examples_from_batch=True,  # what it compares with, whatever the flag
+        use_negative_examples_from_batch=True,  # the flags say what the method does (it reads neither)
         use_negative_examples_from_queue=False,
         use_lagging_model=False,
         use_target_stop_gradient=True,

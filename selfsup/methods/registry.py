@@ -8,9 +8,8 @@ from typing import Dict, List, Tuple, Type, TypeVar
 
 import attr
 
-from selfsup.methods.criteria import PairwiseCriterion
 from selfsup.methods.method import Method
-from selfsup.methods.options import LOSS_TYPE_NAMES, SharedParams, canonical_loss_type, loss_types
+from selfsup.methods.options import LOSS_TYPE_NAMES, SharedParams, loss_types
 from selfsup.methods.preset import Preset
 
 M = TypeVar("M", bound=Type[Method])
@@ -43,14 +42,9 @@ def methods() -> List[Method]:
 def method_of(loss_type: str) -> Method:
     """The registered method of ``loss_type`` (or of an older alias of it)."""
     try:
-        return REGISTRY[canonical_loss_type(loss_type)]
+        return REGISTRY[loss_type]
     except KeyError:
         raise ValueError(f"loss_type {loss_type!r} is not registered; registered: {', '.join(loss_types())}") from None
-
-
-def build_criterion(p: SharedParams) -> PairwiseCriterion:
-    """The criterion of params ``p``, as its method's joint-embedding step builds it."""
-    return method_of(p.loss_type).build_criterion(p)
 
 
 def option_groups() -> Tuple[type, ...]:
@@ -64,6 +58,12 @@ def option_groups() -> Tuple[type, ...]:
                 raise TypeError(f"{group.__name__}.{field.name} is declared by {owners[field.name]} too")
             owners[field.name] = group.__name__
     return groups
+
+
+def model_params_bases() -> Tuple[type, ...]:
+    """The bases of ModelParams: the registered methods' option groups, last to first (attrs puts the fields of the
+    last base first, so ModelParams lists them in registration order), then SharedParams."""
+    return (*reversed(option_groups()), SharedParams)
 
 
 def preset_specs() -> Dict[str, Preset]:

@@ -18,7 +18,6 @@ from torch import Tensor, nn
 
 from selfsup import distributed
 from selfsup.methods.criteria import LossOutput, PairStep, PairwiseCriterion
-from selfsup.methods.losses import identity
 from selfsup.methods.options import SharedParams
 from selfsup.nn.heads import MLP, PrototypeLayer, Prototypes
 from selfsup.nn.memory import Memory
@@ -135,12 +134,13 @@ class JointEmbeddingStep(TrainingStep[JointStepOutput]):
         super().__init__()
         # DINO's prototype layer ends the projection head, so the teacher's EMA covers it; SwAV's prototypes belong
         # to its criterion (no EMA copy, and its memory is scored with the current prototypes).
-        prototypes = method.head_prototypes(p) or Prototypes(0)
-        head_dim = prototypes.count or p.dim
+        prototypes = method.head_prototypes(p)
+        head_dim = p.dim if prototypes is None else prototypes.count
         self.projection: nn.Module = MLP(  # a SyncBatchNorm conversion may replace it
             p.embedding_dim, p.dim, p.mlp_hidden_dim, p.projection_mlp_layers, p.mlp_normalization,
-            p.use_mlp_weight_standardization, p.mlp_activation, p.projection_output_batch_norm, prototypes.count,
-            prototypes.frozen_epochs,
+            p.use_mlp_weight_standardization, p.mlp_activation, p.projection_output_batch_norm,
+            num_prototypes=0 if prototypes is None else prototypes.count,
+            frozen_prototype_epochs=0 if prototypes is None else prototypes.frozen_epochs,
         )
         self.prediction: nn.Module = MLP(
             head_dim, head_dim, p.resolved_prediction_mlp_hidden_dim, p.prediction_mlp_layers,
@@ -159,7 +159,8 @@ class JointEmbeddingStep(TrainingStep[JointStepOutput]):
             self.target = OnlineTarget(self.criterion.key_views, p.use_target_stop_gradient)
             self.online_views = sorted(set(self.query_views) | set(self.criterion.key_views))
         self.memory = method.memory(p, self.criterion.pairs)
-        self.normalize: Callable[[Tensor], Tensor] = unit_sphere if p.use_unit_sphere_projection else identity
+        self.normalize: Callable[[Tensor], Tensor] = (unit_sphere if p.use_unit_sphere_projection
+                                                      else distributed.identity)
         self.momentum_schedule = MomentumSchedule(p.m, 1.0 if p.use_momentum_schedule else p.m)
         self.temperature = p.T
         self.constant_prediction_lr = p.use_constant_prediction_lr

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from selfsup import data, distributed
-from selfsup.config.build import make_params
+from selfsup.config.build import make_params, warn_fields_added_since
 from selfsup.config.params import ModelParams
 from selfsup.eval import probes
 from selfsup.methods.steps import Progress, StepOutput, TrainingStep
@@ -152,12 +152,7 @@ class SelfSupervisedMethod(pl.LightningModule):
         check_finite_state(checkpoint["state_dict"], self.trainer)
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
-        saved = checkpoint.get("hyper_parameters", {})
-        for field, value in self.params.method.legacy_defaults.items():
-            if field not in saved and getattr(self.params, field) != value:
-                warnings.warn(f"the checkpoint was written before ModelParams.{field} existed, by a run that behaved "
-                              f"as {field}={value!r}; these params have {getattr(self.params, field)!r}: set "
-                              f"{field}={value!r} to continue that run unchanged", stacklevel=2)
+        warn_fields_added_since(self.params, checkpoint.get("hyper_parameters", {}), "the checkpoint")
 
     def _load_from_state_dict(self, state_dict: Dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         # Checkpoints written before the method's step was a module of its own hold its parts at the top level.

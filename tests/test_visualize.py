@@ -13,6 +13,7 @@ from helpers import cpu_trainer, tiny
 from selfsup.config import SimCLRParams
 from selfsup.data import SYNTHETIC_MEAN, SYNTHETIC_STD, UNLABELED
 from selfsup.eval import visualize
+from selfsup.train import summary
 from selfsup.train.module import SelfSupervisedMethod
 
 
@@ -63,9 +64,37 @@ def test_the_retrieval_grid_and_the_probe_curve():
 
 def test_the_callback_writes_the_plots_and_the_probe_curve_of_a_fit(tmp_path):
     plots = visualize.EmbeddingPlots(str(tmp_path), SYNTHETIC_MEAN, SYNTHETIC_STD, "tsne", every_n_epochs=1)
+    record = summary.ProbeRecord()
     model = SelfSupervisedMethod(tiny(SimCLRParams, synthetic_val_size=48, max_epochs=2))
-    cpu_trainer(max_epochs=2, limit_train_batches=1, num_sanity_val_steps=0, callbacks=[plots]).fit(model)
+    trainer = cpu_trainer(max_epochs=2, limit_train_batches=1, num_sanity_val_steps=0, callbacks=[plots, record])
+    trainer.validate(model, verbose=False)  # the untrained encoder: a baseline, not an epoch of the curve
+    assert set(plots.baseline) == {"valid_knn_acc", "valid_class_acc"} and plots.baseline == record.before
+    trainer.fit(model)
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["epoch001_neighbours.png", "epoch001_tsne.png", "final_neighbours.png", "final_tsne.png",
                      "probe_accuracy.png"]
     assert [epoch for epoch, _ in plots.history["valid_knn_acc"]] == [0, 1]
+    assert record.after_epochs == 2 and not record.final_is_stale(trainer)
+    assert record.after == {name: values[-1][1] for name, values in plots.history.items()}
+    assert (record.classes, record.images) == (10, 48)
+
+
+def test_the_probe_curve_draws_the_random_encoder_dashed():
+    curve = visualize.accuracy_figure({"valid_knn_acc": [(0, 30.0), (1, 40.0)]}, {"valid_knn_acc": 12.5})
+    trained, baseline = curve.axes[0].get_lines()
+    assert baseline.get_label() == "valid_knn_acc, random encoder" and baseline.get_linestyle() == "--"
+    assert list(baseline.get_ydata()) == [12.5, 12.5] and baseline.get_color() == trained.get_color()
+
+
+def test_the_summary_block_compares_with_the_random_encoder():
+    record = summary.ProbeRecord()
+    record.before, record.after = {"valid_knn_acc": 21.8, "valid_class_acc": 37.0}, {"valid_knn_acc": 60.06}
+    record.after_epochs, record.classes, record.images = 8, 10, 4096
+    assert summary.summary_block(record, ["a.png", "b.png"], "q.ckpt").splitlines() == [
+        "what was learned (validation set: 4096 images, 10 classes; chance 10.0%):",
+        "                  random encoder    after 8 epochs",
+        "  kNN (k=200)              21.8%             60.1%",
+        "  pictures: a.png, b.png",
+        "  checkpoint: q.ckpt",
+    ]
+    assert summary.summary_block(summary.ProbeRecord(), [], "q.ckpt").startswith("what was learned: not measured")

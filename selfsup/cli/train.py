@@ -16,7 +16,10 @@ ModelParams.max_epochs and the Trainer, unless ``--trainer.max_epochs`` is given
 Every run writes ``<root_dir>/config.yaml``: the preset, every ModelParams field as resolved, the Trainer and run
 arguments; ``selfsup-train --config <root_dir>/config.yaml`` reruns it exactly. The run ends by writing a checkpoint
 and an embedding plot (``<root_dir>/embeddings/``: t-SNE of the validation embeddings coloured by label, a
-nearest-neighbour retrieval grid, the probe accuracy per epoch) and printing their paths.
+nearest-neighbour retrieval grid, the probe accuracy per epoch) and printing what was learned: the validation kNN and
+probe against the untrained encoder's (``--random_baseline``: one validation pass before training), and the paths.
+A run holds ``<root_dir>/.selfsup.lock`` while it writes there, so a second run into the same folder stops before
+it writes anything (train.lock).
 
 Long runs: ``<root_dir>/checkpoints`` receives ``last.ckpt`` after every epoch (``--save_last_every_n_steps``: every
 that many steps instead) and ``epoch=E-step=S.ckpt`` every ``--save_every_n_epochs`` epochs, all written atomically.
@@ -27,6 +30,7 @@ weight initialization and every global RNG (``pl.seed_everything``) besides the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -49,7 +53,9 @@ from selfsup.config.presets import PRESETS
 from selfsup.config.recipes import SHORT_RUN_MAX_EPOCHS, with_short_run_recipe
 from selfsup.eval.visualize import EMBEDDING_METHODS, EmbeddingPlots, plotting_available
 from selfsup.train import checkpoints
+from selfsup.train.lock import RunLock
 from selfsup.train.module import SelfSupervisedMethod
+from selfsup.train.summary import ProbeRecord, summary_block
 
 
 def build_parser() -> ArgumentParser:
@@ -75,6 +81,9 @@ def build_parser() -> ArgumentParser:
                              "the plot extra; umap also needs umap-learn)")
     parser.add_argument("--embedding_plot_every_n_epochs", type=int, default=0,
                         help="also write the plots every N epochs (0: at the end only)")
+    parser.add_argument("--random_baseline", type=bool, default=True,
+                        help="validate the untrained encoder before training (one validation pass), so the run's "
+                             "closing summary and probe_accuracy.png compare the trained encoder with it")
     add_fields(parser, ModelParams)
     add_trainer(parser)
     return parser
@@ -141,22 +150,28 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
         plots = EmbeddingPlots(os.path.join(config.root_dir, "embeddings"), info.mean, info.std,
                                config.embedding_plot, config.embedding_plot_every_n_epochs)
         callbacks.append(plots)
+    record = ProbeRecord()
+    callbacks.append(record)
     plugins = [*trainer_kwargs.pop("plugins", []), checkpoints.AtomicCheckpointIO()]
     trainer = pl.Trainer(default_root_dir=config.root_dir, callbacks=callbacks, plugins=plugins, **trainer_kwargs)
-    if trainer.is_global_zero:
-        resolved = config.clone()
-        for name, value in attr.asdict(params, recurse=False).items():
-            resolved[name] = list(value) if isinstance(value, tuple) else value
-        print(f"config: {save_config(parser, resolved, config.root_dir)}")
-    trainer.fit(model, ckpt_path=ckpt_path)
-    path = config.checkpoint or os.path.join(config.root_dir, f"{config.preset}.ckpt")
-    trainer.save_checkpoint(path)
+    # rank 0 holds the root_dir for the whole run, from before config.yaml is written
+    with RunLock(config.root_dir) if trainer.is_global_zero else contextlib.nullcontext():
+        if trainer.is_global_zero:
+            resolved = config.clone()
+            for name, value in attr.asdict(params, recurse=False).items():
+                resolved[name] = list(value) if isinstance(value, tuple) else value
+            print(f"config: {save_config(parser, resolved, config.root_dir)}")
+        if config.random_baseline:  # the freshly seeded encoder, also when resuming (fit loads the checkpoint later)
+            trainer.validate(model, verbose=False)
+        trainer.fit(model, ckpt_path=ckpt_path)
+        if record.final_is_stale(trainer):
+            trainer.validate(model, verbose=False)
+        path = config.checkpoint or os.path.join(config.root_dir, f"{config.preset}.ckpt")
+        trainer.save_checkpoint(path)
     if trainer.is_global_zero:
         metrics = {k: round(float(v), 4) for k, v in trainer.callback_metrics.items()}
         print(f"metrics: {metrics}")
-        print(f"checkpoint: {path}")
-        if plots is not None and plots.written:
-            print(f"embedding plots: {', '.join(plots.written)}")
+        print(summary_block(record, plots.written if plots is not None else [], path))
     return path
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.trainer.states import TrainerFn
 from torch import Tensor, nn
 
 from selfsup.data.files import UNLABELED
@@ -143,13 +144,17 @@ def retrieval_figure(embedded: Embedded, class_names: Optional[Sequence[str]], t
     return figure
 
 
-def accuracy_figure(history: Dict[str, List[Tuple[int, float]]]) -> Any:
-    """Probe accuracy (percent) per epoch, one line per metric."""
+def accuracy_figure(history: Dict[str, List[Tuple[int, float]]], baseline: Optional[Dict[str, float]] = None) -> Any:
+    """Probe accuracy (percent) per epoch, one line per metric; ``baseline``: the same metrics of the untrained
+    encoder, drawn as dashed lines of the same colours."""
     figure = _figure(6, 4)
     axis = figure.subplots()
     for name, values in history.items():
         if values:
-            axis.plot([e for e, _ in values], [v for _, v in values], marker="o", label=name)
+            line, = axis.plot([e for e, _ in values], [v for _, v in values], marker="o", label=name)
+            if baseline and name in baseline:
+                axis.axhline(baseline[name], color=line.get_color(), linestyle="--", linewidth=1,
+                             label=f"{name}, random encoder")
     axis.set_xlabel("epoch")
     axis.set_ylabel("accuracy (%)")
     axis.set_title("validation probes")
@@ -206,15 +211,21 @@ class EmbeddingPlots(pl.Callback):
         self.out_dir, self.mean, self.std = out_dir, tuple(mean), tuple(std)
         self.method, self.every_n_epochs = method, every_n_epochs
         self.history: Dict[str, List[Tuple[int, float]]] = {name: [] for name in PROBE_METRICS}
+        self.baseline: Dict[str, float] = {}
         self.written: List[str] = []
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # after the module's on_validation_epoch_end, which logs the probes
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        for name in PROBE_METRICS:
-            if name in trainer.callback_metrics:
-                self.history[name].append((trainer.current_epoch, float(trainer.callback_metrics[name])))
+        probed = {name: float(trainer.callback_metrics[name]) for name in PROBE_METRICS
+                  if name in trainer.callback_metrics}
+        if trainer.state.fn != TrainerFn.FITTING:  # trainer.validate: before fit, of the untrained encoder
+            if trainer.global_step == 0:
+                self.baseline = probed
+            return
+        for name, value in probed.items():
+            self.history[name].append((trainer.current_epoch, value))
         epoch = trainer.current_epoch + 1
         if self.every_n_epochs and epoch % self.every_n_epochs == 0 and epoch < (trainer.max_epochs or 0):
             self._plot(trainer, pl_module, f"epoch{epoch:03d}")
@@ -225,7 +236,7 @@ class EmbeddingPlots(pl.Callback):
         self._plot(trainer, pl_module, "final")
         if any(self.history.values()):
             path = os.path.join(self.out_dir, "probe_accuracy.png")
-            figure = accuracy_figure(self.history)
+            figure = accuracy_figure(self.history, self.baseline)
             figure.savefig(path, dpi=110)
             self.written.append(path)
             for logger in trainer.loggers:

@@ -197,6 +197,16 @@ def class_names_of(dataset: Any) -> Optional[List[str]]:
     return list(names) if names else None
 
 
+def probe_metrics(trainer: pl.Trainer) -> Dict[str, float]:
+    """The validation probes the module logged last (PROBE_METRICS), as floats."""
+    return {name: float(trainer.callback_metrics[name]) for name in PROBE_METRICS if name in trainer.callback_metrics}
+
+
+def validating_untrained(trainer: pl.Trainer) -> bool:
+    """Whether this validation is ``trainer.validate`` before any optimizer step: of the untrained encoder."""
+    return trainer.state.fn != TrainerFn.FITTING and trainer.global_step == 0
+
+
 class EmbeddingPlots(pl.Callback):
     """During pretraining: the probe accuracies of every validation epoch (plotted as ``probe_accuracy.png``), and
     the 2-D map and retrieval grid of the validation embeddings (up to MAX_POINTS images) at the end of training and
@@ -218,10 +228,9 @@ class EmbeddingPlots(pl.Callback):
         # after the module's on_validation_epoch_end, which logs the probes
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        probed = {name: float(trainer.callback_metrics[name]) for name in PROBE_METRICS
-                  if name in trainer.callback_metrics}
-        if trainer.state.fn != TrainerFn.FITTING:  # trainer.validate: before fit, of the untrained encoder
-            if trainer.global_step == 0:
+        probed = probe_metrics(trainer)
+        if trainer.state.fn != TrainerFn.FITTING:
+            if validating_untrained(trainer):
                 self.baseline = probed
             return
         for name, value in probed.items():

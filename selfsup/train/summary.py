@@ -9,7 +9,7 @@ from typing import Dict, List, Optional, Sequence
 import pytorch_lightning as pl
 from pytorch_lightning.trainer.states import TrainerFn
 
-from selfsup.eval.visualize import PROBE_METRICS
+from selfsup.eval.visualize import PROBE_METRICS, probe_metrics, validating_untrained
 
 PROBE_NAMES = {"valid_knn_acc": "kNN (k=200)", "valid_class_acc": "linear probe"}
 
@@ -28,15 +28,14 @@ class ProbeRecord(pl.Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        probed = {name: float(trainer.callback_metrics[name]) for name in PROBE_METRICS
-                  if name in trainer.callback_metrics}
+        probed = probe_metrics(trainer)
         loaders = trainer.val_dataloaders
         loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
         dataset = getattr(loader, "dataset", None)
         names = getattr(dataset, "classes", None)
         self.classes = len(names) if names else self.classes
         self.images = len(dataset) if dataset is not None and hasattr(dataset, "__len__") else 0
-        if trainer.state.fn != TrainerFn.FITTING and trainer.global_step == 0:
+        if validating_untrained(trainer):
             self.before = probed
             return
         self.after = probed

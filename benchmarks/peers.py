@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from selfsup import data
 from selfsup.config import ModelParams
-from selfsup.nn.backbones import get_encoder, use_channels_last, with_representation
+from selfsup.nn.backbones import make_encoder, use_channels_last, with_representation
 from selfsup.nn.target import MomentumSchedule
 from selfsup.optim.optimizers import optimizer_and_schedule
 from selfsup.train.pipeline import pretraining_data
@@ -246,9 +246,10 @@ class PeerMethod(pl.LightningModule):
             raise ImportError("the peer column needs lightly: pip install -e .[peer]")
         self.params = params
         info = pretraining_data(params).info
+        crop = data.crop_size(params, info)
         self.model = with_representation(
-            get_encoder(params.encoder_arch, data.cifar_stem(params.use_cifar_stem, info)),
-            params.encoder_layer, data.crop_size(params, info), params.embedding_dim,
+            make_encoder(params, data.cifar_stem(params.use_cifar_stem, info), crop),
+            params.encoder_layer, crop, params.embedding_dim,
         )
         if params.channels_last:
             use_channels_last(self.model)

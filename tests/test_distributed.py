@@ -22,7 +22,7 @@ import socket
 import warnings
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import pytest
 import pytorch_lightning as pl
@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from selfsup import distributed as selfsup_dist
-from selfsup.config import ModelParams, SimCLRParams, TiCoParams, VICRegParams
+from selfsup.config import DINOViTTinyParams, MAETinyParams, ModelParams, SimCLRParams, TiCoParams, VICRegParams
 from selfsup.nn.batchrenorm import BatchRenorm1d
 from selfsup.nn.target import MomentumTarget
 from selfsup.train.module import SelfSupervisedMethod
@@ -247,14 +247,20 @@ SMALL = dict(
 BN_HEADS = dict(mlp_normalization="bn", projection_output_batch_norm=True)  # SimCLR's preset heads
 PLAIN_HEADS = dict(mlp_normalization=None, projection_output_batch_norm=False)  # per-device BN would differ
 
-# name: (preset, overrides, BatchNorm in the backbone). The single-process reference is the same configuration with
-# plain BatchNorm (sync_batch_norm=None).
-EQUIVALENCE: Dict[str, Tuple[Callable[..., ModelParams], Dict[str, Any], bool]] = {
+# The ViT methods' encoder: a ViT-Tiny cut into 16 tokens of 4 px, its own (timm's) initialization.
+VIT = dict(embedding_dim=192, patch_size=4, drop_path_rate=0.0)
+
+# name: (preset, overrides, BatchNorm in the backbone, or None for the encoder the params name). The single-process
+# reference is the same configuration with plain BatchNorm (sync_batch_norm=None).
+EQUIVALENCE: Dict[str, Tuple[Callable[..., ModelParams], Dict[str, Any], Optional[bool]]] = {
     "NT-Xent, gathered negatives": (SimCLRParams, PLAIN_HEADS, False),
     "NT-Xent, sync-BN heads": (SimCLRParams, dict(BN_HEADS, sync_batch_norm="heads"), False),
     "NT-Xent, sync-BN heads and backbone": (SimCLRParams, dict(BN_HEADS, sync_batch_norm="all"), True),
     "VICReg, gathered variance/covariance": (VICRegParams, dict(mlp_normalization=None), False),
     "TiCo, gathered covariance": (TiCoParams, dict(mlp_normalization=None), False),
+    "MAE, masks drawn for the global batch": (
+        MAETinyParams, dict(VIT, mae_decoder_width=32, mae_decoder_depth=1, mae_decoder_heads=2), None),
+    "DINO on a ViT, gathered center": (DINOViTTinyParams, dict(VIT, num_local_crops=0, num_prototypes=16), None),
 }
 # name: (the equivalence case it modifies, overrides that make that case per-device again)
 CONTROLS: Dict[str, Tuple[str, Dict[str, Any]]] = {
@@ -270,11 +276,13 @@ QUEUE_STEPS = 2
 
 
 def method(
-    preset: Callable[..., ModelParams], overrides: Mapping[str, Any], batch_norm: bool, batch_size: int, images: int
+    preset: Callable[..., ModelParams], overrides: Mapping[str, Any], batch_norm: Optional[bool], batch_size: int,
+    images: int
 ) -> SelfSupervisedMethod:
     torch.manual_seed(0)  # the same initialization in every process and in the single-process reference
     params = preset(**{**SMALL, **overrides, "batch_size": batch_size})
-    return SelfSupervisedMethod(params, backbone=backbone(batch_norm), train_dataset=FixedViews(images))
+    encoder = None if batch_norm is None else backbone(batch_norm)
+    return SelfSupervisedMethod(params, backbone=encoder, train_dataset=FixedViews(images))
 
 
 def trainer(devices: int, callbacks: Tuple[pl.Callback, ...] = (), **kwargs: Any) -> pl.Trainer:
@@ -297,7 +305,7 @@ class StepRecorder(pl.Callback):
         self.grads.append({n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None})
 
     def on_after_backward(self, trainer: pl.Trainer, module: Any) -> None:
-        memory = module.step.memory
+        memory = getattr(module.step, "memory", None)
         if memory is not None:
             self.enqueued.append(module._step_output.pair_step.keys[memory.views[0]].detach().clone())
             self.queues_read.append(memory.rows[0].T.clone())  # what this step's loss read, as [D, K] columns
@@ -306,7 +314,7 @@ class StepRecorder(pl.Callback):
         self.losses.append(outputs["loss"].detach().clone())
 
 
-def one_step(case: Tuple[Callable[..., ModelParams], Dict[str, Any], bool], devices: int) -> Dict[str, Any]:
+def one_step(case: Tuple[Callable[..., ModelParams], Dict[str, Any], Optional[bool]], devices: int) -> Dict[str, Any]:
     """Loss and gradients of one step on the 2 x LOCAL_BATCH fixed images, split over ``devices`` processes."""
     preset, overrides, batch_norm = case
     recorder = StepRecorder()

@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers import cpu_trainer, tiny
 
-from selfsup.config import SimCLRParams
+from selfsup.config import MAETinyParams, SimCLRParams
 from selfsup.data import SYNTHETIC_MEAN, SYNTHETIC_STD, UNLABELED
 from selfsup.eval import visualize
 from selfsup.train import summary
@@ -98,3 +98,12 @@ def test_the_summary_block_compares_with_the_random_encoder():
         "  checkpoint: q.ckpt",
     ]
     assert summary.summary_block(summary.ProbeRecord(), [], "q.ckpt").startswith("what was learned: not measured")
+
+
+def test_mae_adds_its_reconstruction_picture_to_the_plots(tmp_path):
+    pytest.importorskip("matplotlib")
+    plots = visualize.EmbeddingPlots(str(tmp_path), SYNTHETIC_MEAN, SYNTHETIC_STD, "tsne")
+    model = SelfSupervisedMethod(tiny(MAETinyParams, synthetic_val_size=48))
+    cpu_trainer(limit_train_batches=1, num_sanity_val_steps=0, callbacks=[plots]).fit(model)
+    assert "final_reconstruction.png" in {p.name for p in tmp_path.iterdir()}
+    assert model.training and model.model.training  # the picture was drawn in eval mode, and the modes restored

@@ -7,6 +7,7 @@ from selfsup.config.base import ModelParamsBase
 from selfsup.methods.barlow_twins import BarlowTwinsOptions
 from selfsup.methods.contrastive import EqCoOptions
 from selfsup.methods.dino import DINOOptions
+from selfsup.methods.mae import MAEOptions
 from selfsup.methods.options import SharedParams
 from selfsup.methods.swav import SwAVOptions
 from selfsup.methods.tico import TiCoOptions
@@ -19,6 +20,7 @@ class ModelParams(
     VICRegOptions,
     TiCoOptions,
     SwAVOptions,
+    MAEOptions,
     DINOOptions,
     EqCoOptions,
     BarlowTwinsOptions,

@@ -29,6 +29,14 @@ def MoCoV3Params(**overrides: Any) -> ModelParams:
     """MoCo v3, arXiv:2104.02057: moco_v3."""
 
 
+def MoCoV3ViTSmallParams(**overrides: Any) -> ModelParams:
+    """MoCo v3, arXiv:2104.02057: moco_v3_vit_small."""
+
+
+def MoCoV3ViTTinyParams(**overrides: Any) -> ModelParams:
+    """MoCo v3, arXiv:2104.02057: moco_v3_vit_tiny."""
+
+
 def SimCLRParams(**overrides: Any) -> ModelParams:
     """SimCLR, arXiv:2002.05709: simclr."""
 
@@ -47,6 +55,22 @@ def BYOLParams(**overrides: Any) -> ModelParams:
 
 def DINOParams(**overrides: Any) -> ModelParams:
     """DINO, arXiv:2104.14294: dino."""
+
+
+def DINOViTSmallParams(**overrides: Any) -> ModelParams:
+    """DINO, arXiv:2104.14294: dino_vit_small."""
+
+
+def DINOViTTinyParams(**overrides: Any) -> ModelParams:
+    """DINO, arXiv:2104.14294: dino_vit_tiny."""
+
+
+def MAEParams(**overrides: Any) -> ModelParams:
+    """MAE, arXiv:2111.06377: mae."""
+
+
+def MAETinyParams(**overrides: Any) -> ModelParams:
+    """MAE, arXiv:2111.06377: mae_tiny."""
 
 
 def NNCLRParams(**overrides: Any) -> ModelParams:
@@ -87,11 +111,17 @@ __all__ = [
     "MoCoV2Params",
     "MoCoParams",
     "MoCoV3Params",
+    "MoCoV3ViTSmallParams",
+    "MoCoV3ViTTinyParams",
     "SimCLRParams",
     "SimCLRv2Params",
     "EqCoParams",
     "BYOLParams",
     "DINOParams",
+    "DINOViTSmallParams",
+    "DINOViTTinyParams",
+    "MAEParams",
+    "MAETinyParams",
     "NNCLRParams",
     "SimSiamParams",
     "SupConParams",

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any, Callable, Collection, Dict, Mapping, Tuple
 
 from selfsup.config.params import ModelParams
+from selfsup.nn.vit import is_timm_vit
 
 SHORT_RUN_MAX_EPOCHS = 100  # runs of at least this many epochs keep the papers' schedules
 # Short runs: the presets' epoch-denominated schedules were written for 100-1000 epochs. Each is capped at the
@@ -16,6 +17,7 @@ SHORT_RUN_MAX_MOMENTUM = 0.99  # EMA time constant 100 steps (solo-learn's CIFAR
 # Peak lr of the SGD presets in short runs: their lrs (0.5 at batch 256) suit hundreds of epochs, and a tenth of
 # them learned better in a few (docs/benchmarks.md, "Measurements behind defaults"); the LARS presets keep theirs.
 SHORT_RUN_SGD_LR_SCALE = 0.1
+SMALL_VIT = "timm:vit_tiny_patch16_224"  # the ViT of small runs, whatever the preset's
 
 
 def short_run_overrides(preset: ModelParams) -> Dict[str, Any]:
@@ -32,7 +34,7 @@ def short_run_overrides(preset: ModelParams) -> Dict[str, Any]:
         return {}
     lr_scale = SHORT_RUN_SGD_LR_SCALE if preset.optimizer_name == "sgd" else 1.0
     overrides: Dict[str, Any] = dict(lr=preset.lr * lr_scale)
-    if preset.optimizer_name == "lars":  # SGD runs have no warmup
+    if preset.optimizer_name in ("lars", "adamw"):  # SGD runs have no warmup
         overrides["lars_warmup_epochs"] = min(preset.lars_warmup_epochs, SHORT_RUN_WARMUP_FRACTION * epochs)
     if preset.use_lagging_model:
         overrides["m"] = min(preset.m, SHORT_RUN_MAX_MOMENTUM)
@@ -41,9 +43,11 @@ def short_run_overrides(preset: ModelParams) -> Dict[str, Any]:
 
 def small_run_overrides(preset: ModelParams, batch_size: int) -> Dict[str, Any]:
     """Field overrides that shrink ``preset`` for a quick CPU run at ``batch_size`` (tests, smoke runs): narrow heads,
-    queues of 4 batches, and the method's own (e.g. 16 prototypes, at most 2 local crops); the method itself is
-    unchanged."""
+    queues of 4 batches, a ViT-Tiny with 8-px patches for any ViT, and the method's own (e.g. 16 prototypes, at most 2
+    local crops); the method itself is unchanged."""
     fields: Dict[str, Any] = dict(batch_size=batch_size, mlp_hidden_dim=64, dim=32)
+    if is_timm_vit(preset.encoder_arch):  # ViT-Tiny on 32-px images: 16 tokens, and 4 for a 16-px local crop
+        fields.update(encoder_arch=SMALL_VIT, embedding_dim=192, patch_size=8, local_crop_size=16)
     if preset.uses_queue:
         fields["K"] = 4 * batch_size
     if preset.prediction_mlp_hidden_dim is not None:

@@ -10,12 +10,17 @@ from selfsup import methods
 from selfsup.data.sources import FILE_DATASETS
 from selfsup.methods.method import Method
 from selfsup.methods.options import SharedParams, fail, suspicious
+from selfsup.nn.backbones import check_encoder_options
+from selfsup.nn.vit import is_timm_vit
+from selfsup.optim.options import check_optim_options
 from selfsup.options import check_fields
 
 
 def validate_params(p: SharedParams) -> None:
     """Raise ``ValueError`` for impossible settings and warn for suspicious ones; called by ``ModelParams``."""
     check_fields(p)
+    check_encoder_options(p)
+    check_optim_options(p)
     if p.loss_constant_factor == 0 or not math.isfinite(p.loss_constant_factor):
         fail("loss_constant_factor", f"got {p.loss_constant_factor!r}; expected a finite non-zero number")
     for field in ("global_crop_scale", "local_crop_scale"):
@@ -26,6 +31,13 @@ def validate_params(p: SharedParams) -> None:
         registered.check_options(p)
     method = methods.method_of(p.loss_type)
     check_complete(method, p)
+    if method.vit_only and not is_timm_vit(p.encoder_arch):
+        fail("encoder_arch", f"loss_type={p.loss_type!r} works on the patch tokens of a Vision Transformer; got "
+                             f"{p.encoder_arch!r} (use a timm ViT, e.g. 'timm:vit_tiny_patch16_224' with patch_size=4 "
+                             "for 32-px images)")
+    if method.vit_only and p.encoder_layer is not None:
+        fail("encoder_layer", f"loss_type={p.loss_type!r} reads the ViT's tokens; the representation cannot be a "
+                              "hidden layer (set it to None)")
     method.check(p)
     method.check_memory(p)
 
@@ -40,8 +52,9 @@ def validate_params(p: SharedParams) -> None:
             fail(field, f"'gn' uses 32 groups, so mlp_hidden_dim ({p.mlp_hidden_dim}) must be a multiple of 32")
     if p.use_both_augmentations_as_queries and p.num_global_crops < 2:
         fail("num_global_crops", "a symmetric loss needs at least 2 global crops")
-    if p.num_global_crops < 2 and p.num_local_crops == 0:
-        fail("num_global_crops", f"got {p.num_global_crops}; two views are needed (add global or local crops)")
+    if p.num_global_crops + p.num_local_crops < method.min_views:
+        fail("num_global_crops", f"got {p.num_global_crops}; loss_type={p.loss_type!r} needs {method.min_views} "
+                                 "views (add global or local crops)")
 
     if method.batch_candidates:
         if p.use_negative_examples_from_queue or not p.use_negative_examples_from_batch:

@@ -10,10 +10,11 @@ distributions of the PIL pipeline (``views.view_transform``), read from the same
   aspect ratio ~ U(log 3/4, log 4/3), integer boxes, else the whole image), resized with PIL's bilinear filter
   (antialiased when shrinking), and the horizontal flip (p = 0.5), all as two batched matrix products per view
   (:func:`resize_weights`; equal to PIL's resized crop within rounding);
-- colour jitter with probability JITTER_P: brightness, contrast, saturation and hue factors drawn as by torchvision's
-  ColorJitter and applied in a random order per sample, with the formulas of torchvision's tensor functional ops
-  (brightness, contrast and saturation blend with black, the mean grey level and the grey image; hue shifts H in HSV);
-- grayscale (p = GRAYSCALE_P, ITU-R 601-2 luma, as PIL);
+- colour jitter with the view's probability (JITTER_P but for transform_type 'crop'): brightness, contrast,
+  saturation and hue factors drawn as by torchvision's ColorJitter and applied in a random order per sample, with the
+  formulas of torchvision's tensor functional ops (brightness, contrast and saturation blend with black, the mean grey
+  level and the grey image; hue shifts H in HSV);
+- grayscale (the view's p, GRAYSCALE_P by default, ITU-R 601-2 luma, as PIL);
 - Gaussian blur with the view's probability, sigma ~ U(0.1, 2), kernel ``blur_kernel_size(size)``, reflect
   padding (torchvision's GaussianBlur);
 - solarize (threshold 0.5) with the view's probability (BYOL's second view);
@@ -41,7 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from selfsup.data.views import BLUR_SIGMA, GRAYSCALE_P, JITTER_P, ViewSpec, blur_kernel_size, reflect_indices
+from selfsup.data.views import BLUR_SIGMA, ViewSpec, blur_kernel_size, reflect_indices
 
 CROP_RATIO = (3 / 4, 4 / 3)  # aspect-ratio range of RandomResizedCrop
 CROP_ATTEMPTS = 10  # torchvision's attempts before falling back to the whole image
@@ -241,11 +242,11 @@ class BatchedViews:
         high = torch.cat([1 + strength[:, :3], strength[:, 3:]], dim=1)
         factors = _uniform(low, high, generator)
         order = torch.rand(count, 4, generator=generator, device=device).argsort(dim=1)  # uniform permutations
-        jittered = draw(torch.tensor(JITTER_P, device=device))
+        jittered = draw(per_sample([v.photometric.jitter_p for v in views]))
         if len(jittered):
             x = x.index_copy(0, jittered, color_jitter(x[jittered], factors[jittered], order[jittered]))
 
-        grey = draw(torch.tensor(GRAYSCALE_P, device=device))
+        grey = draw(per_sample([v.photometric.grayscale_p for v in views]))
         x[grey] = _luma(x[grey]).expand(-1, 3, -1, -1)
 
         sigma_low, sigma_high = (torch.full((count,), s, device=device) for s in BLUR_SIGMA)

@@ -23,7 +23,7 @@ EVAL_CENTER_CROP_FRACTION = 0.875  # ImageNet convention: resize to crop / 0.875
 GRAYSCALE_P = 0.2
 JITTER_P = 0.8
 BLUR_SIGMA = (0.1, 2.0)
-TRANSFORM_TYPES = ("simclr", "byol")
+TRANSFORM_TYPES = ("simclr", "byol", "crop")
 AUGMENTATION_BACKENDS = ("batched", "pil")
 
 
@@ -40,7 +40,8 @@ class ViewOptions:
     transform_s: float = option(0.5, "colour-jitter strength s (brightness/contrast/saturation 0.8s, hue 0.2s)",
                                 low=0)
     transform_apply_blur: bool = option(True, "Gaussian blur (p=0.5, sigma 0.1-2) in the 'simclr' pipeline")
-    transform_type: str = option("simclr", "'simclr': MoCo v2/SimCLR views; 'byol': asymmetric blur/solarize pair",
+    transform_type: str = option("simclr", "'simclr': MoCo v2/SimCLR views; 'byol': asymmetric blur/solarize pair; "
+                                           "'crop': random resized crop and flip only (MAE, I-JEPA)",
                                  choices=TRANSFORM_TYPES)
     augmentation_backend: str = option("batched", "'batched': views made per batch on the training device; 'pil': "
                                                   "per image in the DataLoader", choices=AUGMENTATION_BACKENDS)
@@ -106,9 +107,11 @@ def blur_kernel_size(crop: int) -> int:
 class Photometric:
     """The colour part of a view's augmentation."""
 
-    jitter: Tuple[float, float, float, float]  # ColorJitter brightness, contrast, saturation, hue (p = JITTER_P)
+    jitter: Tuple[float, float, float, float]  # ColorJitter brightness, contrast, saturation, hue (p = jitter_p)
     blur_p: float
     solarize_p: float
+    jitter_p: float = JITTER_P
+    grayscale_p: float = GRAYSCALE_P
 
 
 def photometric_settings(v: ViewOptions) -> Tuple[List[Photometric], Photometric]:
@@ -116,6 +119,7 @@ def photometric_settings(v: ViewOptions) -> Tuple[List[Photometric], Photometric
 
     "byol" jitters by (0.8s, 0.8s, 0.4s, 0.2s), which at the default s = 0.5 is BYOL's 0.4/0.4/0.2/0.1, and alternates
     BYOL's two views (blur 1.0 / 0.1, solarize 0 / 0.2); its local views blur with p = 0.5 and never solarize (DINO).
+    "crop" changes no colour: the masked-image methods' views are crops and flips of the image.
     """
     s = v.transform_s
     global_views = v.num_global_crops
@@ -126,6 +130,9 @@ def photometric_settings(v: ViewOptions) -> Tuple[List[Photometric], Photometric
         jitter = (0.8 * s, 0.8 * s, 0.4 * s, 0.2 * s)
         pair = (Photometric(jitter, 1.0, 0.0), Photometric(jitter, 0.1, 0.2))
         return [pair[i % 2] for i in range(global_views)], Photometric(jitter, 0.5, 0.0)
+    if v.transform_type == "crop":
+        none = Photometric((0.0, 0.0, 0.0, 0.0), 0.0, 0.0, jitter_p=0.0, grayscale_p=0.0)
+        return [none] * global_views, none
     raise ValueError(f"transform_type: got {v.transform_type!r}; expected one of {TRANSFORM_TYPES}")
 
 
@@ -134,13 +141,12 @@ def view_transform(crop: int, scale: Tuple[float, float], photometric: Photometr
     """PIL RGB image -> normalized float [3, crop, crop] view. Blur and solarize run on the float tensor (a PIL round
     trip would cost more), after the PIL colour steps, in BYOL's order. torchvision's v1 transforms, not v2: v2's
     per-transform dispatch made this pipeline slower (docs/benchmarks.md, "Measurements behind defaults")."""
-    steps: List[Callable[..., Any]] = [
-        T.RandomResizedCrop(crop, scale=scale),
-        T.RandomHorizontalFlip(),
-        T.RandomApply([T.ColorJitter(*photometric.jitter)], p=JITTER_P),
-        T.RandomGrayscale(p=GRAYSCALE_P),
-        T.ToTensor(),
-    ]
+    steps: List[Callable[..., Any]] = [T.RandomResizedCrop(crop, scale=scale), T.RandomHorizontalFlip()]
+    if photometric.jitter_p > 0:
+        steps.append(T.RandomApply([T.ColorJitter(*photometric.jitter)], p=photometric.jitter_p))
+    if photometric.grayscale_p > 0:
+        steps.append(T.RandomGrayscale(p=photometric.grayscale_p))
+    steps.append(T.ToTensor())
     if photometric.blur_p > 0:
         steps.append(T.RandomApply([GaussianBlur(blur_kernel_size(crop))], p=photometric.blur_p))
     if photometric.solarize_p > 0:

@@ -13,6 +13,8 @@ from selfsup.distributed.collectives import (
     identity,
     is_distributed,
     rank,
+    step_generator,
+    this_process_rows,
     world_size,
 )
 from selfsup.distributed.options import SYNC_BATCH_NORMS, DistributedOptions
@@ -20,4 +22,5 @@ from selfsup.distributed.sync_batchnorm import SyncBatchNorm, convert_sync_batch
 
 __all__ = ["DistributedOptions", "SYNC_BATCH_NORMS", "SyncBatchNorm", "all_reduce_max", "all_reduce_sum",
            "all_reduce_with_grad", "batch_shuffle", "batch_unshuffle", "convert_sync_batchnorm", "gather",
-           "gather_with_grad", "identity", "is_distributed", "rank", "world_size"]
+           "gather_with_grad", "identity", "is_distributed", "rank", "step_generator", "this_process_rows",
+           "world_size"]

@@ -148,3 +148,20 @@ def batch_unshuffle(x: Tensor, unshuffle_index: Tensor) -> Tensor:
     local = full.shape[0] // dist.get_world_size()
     own = unshuffle_index.view(dist.get_world_size(), local)[dist.get_rank()]
     return full[own]
+
+
+def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
+    """A generator on ``device`` seeded by (run seed, optimizer step): per-step randomness that is the same on every
+    process and after a resume, whatever the global random state."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed * 1_000_003 + step)
+    return generator
+
+
+def this_process_rows(x: Tensor) -> Tensor:
+    """This process's share of ``x`` [world * B, ...], made identically on every process: rows rank, rank + world,
+    rank + 2 world, ... . A distributed sampler deals the samples of a global batch out in this interleaved order, so
+    per-sample random draws made for the whole global batch and split this way give every sample the same draw for
+    any number of processes, and a run on N processes equals one process holding the whole batch.
+    """
+    return x[rank()::world_size()]

@@ -24,7 +24,14 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from selfsup import data, distributed
 from selfsup.data.sources import DataSourceOptions
 from selfsup.eval import probes
-from selfsup.nn.backbones import EncoderOptions, get_encoder, use_channels_last, with_representation
+from selfsup.nn.backbones import (
+    EncoderOptions,
+    check_encoder_options,
+    make_encoder,
+    use_channels_last,
+    with_representation,
+)
+from selfsup.nn.vit import is_timm
 from selfsup.options import build_attrs, check_fields, option
 
 LR_MILESTONES = (0.6, 0.8)  # fractions of the epochs after which the learning rate is divided by 10
@@ -55,6 +62,7 @@ class LinearClassifierMethodParams(ProbeOptions, DataSourceOptions, EncoderOptio
 
     def __attrs_post_init__(self) -> None:
         check_fields(self)
+        check_encoder_options(self)
 
 
 # What from_moco_checkpoint copies from a pretraining checkpoint: the encoder's definition and where the data is.
@@ -71,8 +79,9 @@ def make_linear_params(
 def build_encoder(params: LinearClassifierMethodParams) -> nn.Module:
     """The encoder of SelfSupervisedMethod for these params (randomly initialised), its width checked."""
     info = data.dataset_info(params)
-    encoder = get_encoder(params.encoder_arch, data.cifar_stem(params.use_cifar_stem, info))
-    encoder = with_representation(encoder, params.encoder_layer, data.crop_size(params, info), params.embedding_dim)
+    crop = data.crop_size(params, info)
+    encoder = make_encoder(params, data.cifar_stem(params.use_cifar_stem, info), crop)
+    encoder = with_representation(encoder, params.encoder_layer, crop, params.embedding_dim)
     return use_channels_last(encoder) if params.channels_last else encoder
 
 
@@ -146,7 +155,7 @@ class LinearClassifierMethod(pl.LightningModule):
             raise ValueError(f"checkpoint {path}: its hyperparameters have no encoder_arch; expected a checkpoint of "
                              f"SelfSupervisedMethod (found {_listing(sorted(hparams))})")
         fields = {name: hparams[name] for name in CHECKPOINT_FIELDS if name in hparams}
-        if fields.get("use_cifar_stem") is None:
+        if fields.get("use_cifar_stem") is None and not is_timm(fields["encoder_arch"]):
             # The stem is part of the pretrained weights: resolve it with the pretraining dataset, whatever the probe's.
             located = {name: overrides[name] for name in ("data_path",) if name in overrides}
             located_params = make_linear_params(fields, **located)

@@ -23,6 +23,7 @@ from selfsup.data.files import UNLABELED
 EMBEDDING_METHODS = ("tsne", "umap")
 MAX_POINTS = 2000  # embeddings mapped to 2-D (t-SNE costs O(N log N) per iteration)
 GRID_QUERIES, GRID_NEIGHBOURS = 6, 8
+PICTURE_IMAGES = 8  # validation images in a method's picture (MAE's reconstructions)
 PROBE_METRICS = ("valid_knn_acc", "valid_class_acc")
 Embedded = Tuple[Tensor, Tensor, Tensor]  # (features [N, D], labels [N], images [N, 3, H, W] in [0, 1])
 
@@ -144,6 +145,25 @@ def retrieval_figure(embedded: Embedded, class_names: Optional[Sequence[str]], t
     return figure
 
 
+def pictures_figure(pictures: Dict[str, Tensor], mean: Sequence[float], std: Sequence[float], title: str) -> Any:
+    """One row per named batch of ``pictures`` (normalized images [B, 3, H, W]), one column per image."""
+    rows = list(pictures.items())
+    columns = rows[0][1].shape[0]
+    figure = _figure(1.2 * columns + 0.8, 1.25 * len(rows) + 0.4)
+    axes = figure.subplots(len(rows), columns, squeeze=False)
+    shape = (1, 3, 1, 1)
+    for row, (name, batch) in enumerate(rows):
+        pixels = (batch.float().cpu() * torch.tensor(std).view(shape) + torch.tensor(mean).view(shape)).clamp(0, 1)
+        for column in range(columns):
+            axis = axes[row, column]
+            axis.imshow(pixels[column].permute(1, 2, 0).numpy())
+            axis.set_xticks([])
+            axis.set_yticks([])
+        axes[row, 0].set_ylabel(name, fontsize=8)
+    figure.suptitle(title, fontsize=9)
+    return figure
+
+
 def accuracy_figure(history: Dict[str, List[Tuple[int, float]]], baseline: Optional[Dict[str, float]] = None) -> Any:
     """Probe accuracy (percent) per epoch, one line per metric; ``baseline``: the same metrics of the untrained
     encoder, drawn as dashed lines of the same colours."""
@@ -258,8 +278,30 @@ class EmbeddingPlots(pl.Callback):
         if loader is None or encoder is None or len(loader.dataset) < 3:
             return
         embedded = embed_batches(encoder, loader, self.mean, self.std, pl_module.device)
-        for path, figure in write_embedding_plots(embedded, self.out_dir, self.method,
-                                                  class_names_of(loader.dataset), name):
+        saved = list(write_embedding_plots(embedded, self.out_dir, self.method, class_names_of(loader.dataset), name))
+        step = getattr(pl_module, "step", None)
+        if step is not None:
+            saved.extend(self._pictures(step, encoder, loader, pl_module.device, name))
+        for path, figure in saved:
             self.written.append(path)
             for logger in trainer.loggers:
                 log_figure(logger, os.path.splitext(os.path.basename(path))[0], figure, trainer.global_step, path)
+
+    def _pictures(self, step: Any, encoder: nn.Module, loader: Any, device: torch.device,
+                  name: str) -> List[Tuple[str, Any]]:
+        """The method's picture of the first PICTURE_IMAGES validation images (in eval mode), if it draws one."""
+        images = next(iter(loader))[0][:PICTURE_IMAGES].to(device)
+        was_training = encoder.training, step.training
+        encoder.eval(), step.eval()
+        try:
+            with torch.no_grad():
+                pictures = step.pictures(encoder, images)
+        finally:
+            encoder.train(was_training[0]), step.train(was_training[1])
+        if not pictures:
+            return []
+        path = os.path.join(self.out_dir, f"{name}_{list(pictures)[-1]}.png")  # e.g. final_reconstruction.png
+        figure = pictures_figure(pictures, self.mean, self.std, f"{name}: {', '.join(pictures)} of "
+                                                                 f"{len(images)} validation images")
+        figure.savefig(path, dpi=110)
+        return [(path, figure)]

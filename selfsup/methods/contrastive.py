@@ -24,7 +24,7 @@ from selfsup.methods.criteria import LossOutput, PairLoss, PairStep, PairwiseCri
 from selfsup.methods.losses import accuracy_metrics, cosine_metrics, fp32, own_rows, split_positive
 from selfsup.methods.method import Method
 from selfsup.methods.options import SharedParams, fail, options_of, suspicious
-from selfsup.methods.preset import BYOL_VIEWS, LARS_WITHOUT_BIAS_AND_NORM, Preset
+from selfsup.methods.preset import ADAMW_VIT, BYOL_VIEWS, LARS_WITHOUT_BIAS_AND_NORM, Preset
 from selfsup.methods.registry import register
 from selfsup.options import option
 
@@ -197,6 +197,40 @@ MOCO_V3 = Preset(
     ),
     derive=_moco_v3_fields,
 )
+# MoCo v3's ViT recipe (its paper's Table 9 and the official main_moco.py for vit_small): a 3-layer projector, a
+# frozen random patch projection, fixed sine-cosine position embeddings, AdamW.
+_MOCO_V3_VIT: Dict[str, Any] = dict(
+    MOCO_V3.fields,
+    projection_mlp_layers=3,
+    freeze_patch_embed=True,
+    fixed_sincos_pos_embed=True,
+    global_pool="token",
+    **ADAMW_VIT,
+    lr=1.5e-4,
+    weight_decay=0.1,
+    lars_warmup_epochs=40,
+    max_epochs=300,
+)
+MOCO_V3_VIT_SMALL = Preset(
+    name="MoCoV3ViTSmallParams", key="moco_v3_vit_small", paper="MoCo v3, arXiv:2104.02057",
+    summary="MoCo v3 on ViT-S/16: frozen random patch projection, sine-cosine positions, 3-layer BN projector, "
+    "AdamW lr 1.5e-4 per 256 images, wd 0.1, T=0.2, 40 warmup epochs",
+    doc="MoCo v3 (Chen, Xie & He 2021, arXiv:2104.02057) as its ViT-S/16 recipe: the patch projection keeps its random "
+    "initialisation (frozen, the paper's stability fix), fixed 2-D sine-cosine position embeddings, class-token "
+    "representation; 3-layer projector (4096 hidden, 256 out, BatchNorm, BN output) and 2-layer predictor; T=0.2, "
+    "loss scaled by 2T; momentum 0.99 cosine to 1; AdamW lr 1.5e-4 per 256 images (scale with the total batch), "
+    "weight decay 0.1 (none on biases, norms and tokens), 40 warmup epochs, 300 epochs; BYOL's augmentations.",
+    fields=dict(_MOCO_V3_VIT, encoder_arch="timm:vit_small_patch16_224", embedding_dim=384),
+    derive=_moco_v3_fields,
+)
+MOCO_V3_VIT_TINY = Preset(
+    name="MoCoV3ViTTinyParams", key="moco_v3_vit_tiny", paper="MoCo v3, arXiv:2104.02057",
+    summary="MoCo v3's ViT recipe at CIFAR scale: ViT-Tiny with 4-px patches on 32-px images",
+    doc="MoCo v3's ViT recipe (see MoCoV3ViTSmallParams) at CIFAR scale: a ViT-Tiny cut into 4-px patches, so a "
+    "32-px image is 64 tokens.",
+    fields=dict(_MOCO_V3_VIT, encoder_arch="timm:vit_tiny_patch16_224", patch_size=4, embedding_dim=192),
+    derive=_moco_v3_fields,
+)
 SIMCLR = Preset(
     name="SimCLRParams", key="simclr", paper="SimCLR, arXiv:2002.05709",
     summary="in-batch negatives (NT-Xent), no queue, no EMA, both views as queries, mean over the 2B anchors; "
@@ -227,7 +261,7 @@ class Contrastive(Method):
     loss_types = tuple(_LOSSES)
     aliases = {"ce": "contrastive", "bce": "binary_contrastive"}
     options = EqCoOptions
-    presets = (MOCO_V2, MOCO, MOCO_V3, SIMCLR, SIMCLR_V2, EQCO)
+    presets = (MOCO_V2, MOCO, MOCO_V3, MOCO_V3_VIT_SMALL, MOCO_V3_VIT_TINY, SIMCLR, SIMCLR_V2, EQCO)
     reads_negatives = True
 
     def uses_queue(self, p: SharedParams) -> bool:

@@ -15,7 +15,7 @@ from selfsup.methods.criteria import LossOutput, PairStep, PairwiseCriterion
 from selfsup.methods.losses import cosine_metrics, cross_entropy_with_soft_targets, fp32
 from selfsup.methods.method import Method
 from selfsup.methods.options import SharedParams, fail, options_of
-from selfsup.methods.preset import LARS_WITHOUT_BIAS_AND_NORM, NO_NEGATIVES, Preset
+from selfsup.methods.preset import ADAMW_VIT, LARS_WITHOUT_BIAS_AND_NORM, NO_NEGATIVES, Preset
 from selfsup.methods.registry import register
 from selfsup.nn.heads import Prototypes
 from selfsup.options import option
@@ -138,11 +138,56 @@ DINO_PRESET = Preset(
 )
 
 
+# DINO's ViT recipe (main_dino.py's ViT-S/16 arguments): a head without BatchNorm, 65536 prototypes, AdamW with a
+# cosine weight-decay schedule, gradient clipping, stochastic depth.
+_DINO_VIT: Dict[str, Any] = dict(
+    DINO_PRESET.fields,
+    mlp_normalization=None,
+    num_prototypes=65536,
+    teacher_temperature=0.07,
+    teacher_temperature_warmup_start=0.04,
+    teacher_temperature_warmup_epochs=30,
+    global_pool="token",
+    drop_path_rate=0.1,
+    **ADAMW_VIT,
+    lr=5e-4,
+    final_lr_schedule_value=1e-6,
+    weight_decay=0.04,
+    final_weight_decay=0.4,
+    gradient_clip_norm=3.0,
+    lars_warmup_epochs=10,
+    max_epochs=100,
+)
+DINO_VIT_SMALL = Preset(
+    name="DINOViTSmallParams", key="dino_vit_small", paper="DINO, arXiv:2104.14294",
+    summary="DINO on ViT-S/16: BN-free head, 65536 prototypes, AdamW lr 5e-4 per 256 images, wd 0.04 -> 0.4, clip "
+    "3.0, teacher temperature 0.04 -> 0.07, 2 x 224 + 8 x 96 px crops",
+    doc="DINO (Caron et al. 2021, arXiv:2104.14294) as its ViT-S/16 recipe: the DINO head without BatchNorm (3 GELU "
+    "layers, 2048 hidden, 256 bottleneck, a weight-normalized last layer of 65536 prototypes frozen the first epoch); "
+    "teacher temperature 0.04 -> 0.07 over 30 epochs, student 0.1, center momentum 0.9, EMA 0.996 cosine to 1; AdamW "
+    "lr 5e-4 per 256 images (scale with the total batch) after 10 warmup epochs, cosine to 1e-6, weight decay 0.04 "
+    "-> 0.4 on a cosine (none on biases, norms and tokens), gradients clipped to norm 3.0 (the official code clips "
+    "each parameter's gradient, here the global norm), stochastic depth 0.1; 2 global crops of 224 px (0.4-1) and 8 "
+    "local crops of 96 px (0.05-0.4); 100 epochs.",
+    fields=dict(_DINO_VIT, encoder_arch="timm:vit_small_patch16_224", embedding_dim=384),
+)
+DINO_VIT_TINY = Preset(
+    name="DINOViTTinyParams", key="dino_vit_tiny", paper="DINO, arXiv:2104.14294",
+    summary="DINO's ViT recipe at CIFAR scale: ViT-Tiny with 4-px patches on 32 px, 4096 prototypes, 2 x 32 + 4 x "
+    "16 px crops",
+    doc="DINO's ViT recipe (see DINOViTSmallParams) at CIFAR scale: a ViT-Tiny cut into 4-px patches (64 tokens for a "
+    "32-px image, 16 for a 16-px local crop), 4096 prototypes as the ResNet-18 preset, 4 local crops of 16 px; no "
+    "stochastic depth.",
+    fields=dict(_DINO_VIT, encoder_arch="timm:vit_tiny_patch16_224", patch_size=4, embedding_dim=192,
+                num_prototypes=4096, num_local_crops=4, local_crop_size=16, drop_path_rate=0.0),
+)
+
+
 @register
 class DINO(Method):
     loss_types = ("dino",)
     options = DINOOptions
-    presets = (DINO_PRESET,)
+    presets = (DINO_PRESET, DINO_VIT_SMALL, DINO_VIT_TINY)
     momentum_target = True
 
     def head_prototypes(self, p: SharedParams) -> Prototypes:

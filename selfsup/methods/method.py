@@ -31,6 +31,8 @@ class Method:
     reads_negatives: ClassVar[bool] = False  # the use_negative_examples_from_* flags matter
     batch_candidates: ClassVar[bool] = False  # compares each anchor with the batch whatever the flags (NNCLR, SupCon)
     momentum_target: ClassVar[Optional[bool]] = None  # True / False: defined with / without an EMA target
+    min_views: ClassVar[int] = 2  # views per image the step compares (1: a masked-image method's single view)
+    vit_only: ClassVar[bool] = False  # works on the patch tokens of a timm Vision Transformer
     # Fields added to the method later -> the value in effect before they existed, for checkpoints written without them
     legacy_defaults: ClassVar[Mapping[str, Any]] = {}
 

@@ -33,3 +33,6 @@ class Preset:
 LARS_WITHOUT_BIAS_AND_NORM: Dict[str, Any] = dict(optimizer_name="lars", exclude_bias_and_norm_from_lars=True)
 NO_NEGATIVES: Dict[str, Any] = dict(use_negative_examples_from_queue=False, use_negative_examples_from_batch=False)
 BYOL_VIEWS: Dict[str, Any] = dict(transform_type="byol", global_crop_scale=(0.08, 1.0))
+# The ViT recipe of DINO, MoCo v3, MAE and I-JEPA: AdamW, no weight decay on biases, norms, position embeddings and
+# class/mask tokens.
+ADAMW_VIT: Dict[str, Any] = dict(optimizer_name="adamw", exclude_bias_and_norm_from_lars=True)

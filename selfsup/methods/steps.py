@@ -84,6 +84,11 @@ class TrainingStep(nn.Module, Generic[Output]):
         """The projection head's output for encoder embeddings [B, embedding_dim]."""
         raise NotImplementedError(f"{type(self).__name__} has no projection head")
 
+    def pictures(self, encoder: nn.Module, images: Tensor) -> Dict[str, Tensor]:
+        """Named image batches [B, 3, H, W] (in the images' normalization) that show what the method does to
+        ``images``, drawn as rows of one picture (MAE: image, masked, reconstruction); none by default."""
+        return {}
+
 
 class JointEmbeddingMethod(Protocol):
     """What :class:`JointEmbeddingStep` asks of a method (``methods.method.Method`` answers all of it)."""

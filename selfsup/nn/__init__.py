@@ -5,9 +5,11 @@ Renormalization and weight-standardized ResNets."""
 from selfsup.nn.backbones import (
     EncoderOptions,
     HiddenLayerEncoder,
+    check_encoder_options,
     encoder_archs,
     encoder_output_dim,
     get_encoder,
+    make_encoder,
     use_channels_last,
     with_representation,
 )
@@ -17,6 +19,6 @@ from selfsup.nn.memory import Memory
 from selfsup.nn.target import MomentumSchedule, MomentumTarget, OnlineTarget, ema_update_, encode_views
 
 __all__ = ["BatchRenorm1d", "EncoderOptions", "HeadOptions", "HiddenLayerEncoder", "MLP", "Memory", "MomentumSchedule",
-           "MomentumTarget", "OnlineTarget", "PrototypeLayer", "PrototypeOptions", "Prototypes", "ema_update_",
-           "encode_views", "encoder_archs", "encoder_output_dim", "get_encoder", "mlp_normalization",
-           "use_channels_last", "with_representation"]
+           "MomentumTarget", "OnlineTarget", "PrototypeLayer", "PrototypeOptions", "Prototypes",
+           "check_encoder_options", "ema_update_", "encode_views", "encoder_archs", "encoder_output_dim",
+           "get_encoder", "make_encoder", "mlp_normalization", "use_channels_last", "with_representation"]

@@ -1,8 +1,10 @@
-"""Encoders: any torchvision classification model or weight-standardized ResNet without its classifier, the CIFAR
-stem, a hidden layer as the representation, and channels_last memory format; and the options that choose them."""
+"""Encoders: any torchvision classification model, weight-standardized ResNet or timm model (``timm:<name>``, see
+``nn.vit``) without its classifier, the CIFAR stem, a hidden layer as the representation, and channels_last memory
+format; and the options that choose them."""
 
 from __future__ import annotations
 
+import difflib
 import functools
 from typing import Any, Callable, Optional, Tuple
 
@@ -12,7 +14,8 @@ import torchvision
 from torch import Tensor, nn
 
 from selfsup.nn import ws_resnet
-from selfsup.options import option
+from selfsup.nn.vit import GLOBAL_POOLS, check_timm_name, is_timm, is_timm_vit, timm_encoder
+from selfsup.options import fail, option
 
 WS_RESNETS = ("ws_resnet18", "ws_resnet34", "ws_resnet50", "ws_resnet101", "ws_resnet152")
 
@@ -27,17 +30,62 @@ def encoder_archs() -> Tuple[str, ...]:
 class EncoderOptions:
     """Encoder"""
 
-    encoder_arch: str = option("resnet18", "torchvision classification model name, or ws_resnet{18,34,50,101,152}",
-                               choices=encoder_archs)
+    encoder_arch: str = option("resnet18", "torchvision classification model name, ws_resnet{18,34,50,101,152}, or "
+                                           "timm:<name> for any timm model (e.g. timm:vit_small_patch16_224)")
     encoder_layer: Optional[str] = option(None, "representation = output of this encoder submodule (name, or child "
                                                 "index)")
     use_cifar_stem: Optional[bool] = option(None, "3x3/stride-1 first conv, no max-pool; None = on for datasets of "
                                                   "<= 64 px")
     embedding_dim: int = option(512, "width of the encoder output (checked against the real encoder at "
                                      "construction)", low=1)
+    encoder_image_size: Optional[int] = option(None, "timm ViTs: the image side the model is built for (position "
+                                                     "embeddings); None = the crop size", low=1)
+    patch_size: Optional[int] = option(None, "timm ViTs: patch side in px; None = the model's (16 for "
+                                             "vit_*_patch16_*)", low=1)
+    drop_path_rate: float = option(0.0, "timm models: stochastic-depth rate of the last block", low=0, high=1)
+    global_pool: Optional[str] = option(None, "timm ViTs: the representation, 'token' (class token) or 'avg' (mean "
+                                              "of the patch tokens, built without a class token); None = the "
+                                              "model's", choices=GLOBAL_POOLS)
+    fixed_sincos_pos_embed: bool = option(False, "timm ViTs: fixed 2-D sine-cosine position embeddings (MAE, MoCo "
+                                                 "v3) instead of learned ones")
+    freeze_patch_embed: bool = option(False, "timm ViTs: keep the random patch projection frozen (MoCo v3)")
     # The speed-up is measured in docs/benchmarks.md ("Measurements behind defaults").
     channels_last: bool = option(True, "encoder weights and input images in channels_last memory format: "
                                        "convolutions are faster on CPUs and tensor-core GPUs")
+
+
+VIT_FIELDS = ("encoder_image_size", "patch_size", "global_pool", "fixed_sincos_pos_embed", "freeze_patch_embed")
+
+
+def check_encoder_options(o: EncoderOptions) -> None:
+    """Raise ValueError naming the field for an unknown encoder or a field that does not apply to it."""
+    arch = o.encoder_arch
+    if is_timm(arch):
+        check_timm_name(type(o).__name__, "encoder_arch", arch)
+        if o.use_cifar_stem:
+            fail(o, "use_cifar_stem", f"the CIFAR stem is a ResNet stem; {arch} has none (a ViT takes "
+                                                  "small images through a small patch_size); set it to None or False")
+    elif arch not in encoder_archs():
+        close = difflib.get_close_matches(arch, encoder_archs(), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        fail(o, "encoder_arch", f"got {arch!r}; expected a torchvision classification model "
+                                            f"({', '.join(encoder_archs())}), a ws_resnet, or timm:<name>.{hint}")
+    elif o.drop_path_rate:
+        fail(o, "drop_path_rate", f"stochastic depth is set for timm models; {arch!r} is torchvision's")
+    if not is_timm_vit(arch):
+        for field in VIT_FIELDS:
+            if getattr(o, field) not in (None, False):
+                fail(o, field, f"applies to timm Vision Transformers (timm:vit_*); encoder_arch is "
+                                           f"{arch!r}")
+
+
+def make_encoder(o: EncoderOptions, cifar_stem: bool, crop: int) -> nn.Module:
+    """The encoder the options select, without its classifier: a timm model built for ``crop``-px images (or
+    ``encoder_image_size``), or a torchvision / weight-standardized ResNet with the CIFAR stem if ``cifar_stem``."""
+    if is_timm(o.encoder_arch):
+        return timm_encoder(o.encoder_arch, o.encoder_image_size or crop, o.patch_size, o.drop_path_rate,
+                            o.global_pool, o.fixed_sincos_pos_embed, o.freeze_patch_embed)
+    return get_encoder(o.encoder_arch, cifar_stem)
 
 
 def _classifier_attribute(model: nn.Module) -> str:

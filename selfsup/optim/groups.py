@@ -26,18 +26,21 @@ def parameter_groups(
     parameters of ``constant_lr_modules`` (flag ``constant_lr``: the learning-rate schedule leaves them alone).
 
     A parameter is excluded when its name contains one of ``exclude_name_substrings`` or, with
-    ``exclude_bias_and_norm``, when it is a bias or belongs to a normalization layer (chosen by module type, so
-    downsample and MLP norm layers are caught too). A substring that matches no parameter warns (parameter names
-    change with a module's layout). Frozen parameters (the EMA target) are left out, and so are empty groups.
+    ``exclude_bias_and_norm``, when it is a bias, belongs to a normalization layer (chosen by module type, so
+    downsample and MLP norm layers are caught too) or is named by its module's ``no_weight_decay()`` (timm's ViTs:
+    position embeddings, class and register tokens; MAE's mask token). A substring that matches no parameter warns
+    (parameter names change with a module's layout). Frozen parameters (the EMA target) are left out, and so are
+    empty groups.
     """
     constant_ids = {id(p) for m in constant_lr_modules for p in m.parameters()}
     groups: Dict[Tuple[bool, bool], List[nn.Parameter]] = {
         key: [] for key in itertools.product((False, True), (False, True))
     }
     named = named_parameters_with_owner(module)
+    tokens = no_weight_decay_names(module)
     for name, parameter, owner in named:
         by_name = any(sub in name for sub in exclude_name_substrings)
-        by_type = exclude_bias_and_norm and is_bias_or_norm(name, owner)
+        by_type = exclude_bias_and_norm and (is_bias_or_norm(name, owner) or name in tokens)
         groups[(by_name or by_type, id(parameter) in constant_ids)].append(parameter)
     for sub in exclude_name_substrings:
         if not any(sub in name for name, _, _ in named):
@@ -60,6 +63,17 @@ def parameter_groups(
 def is_bias_or_norm(name: str, owner: nn.Module) -> bool:
     """Biases and normalization-layer parameters, selected by module type (not by name substrings)."""
     return name.endswith("bias") or isinstance(owner, NORM_LAYER_TYPES)
+
+
+def no_weight_decay_names(module: nn.Module) -> set[str]:
+    """Qualified names of the parameters that the submodules of ``module`` list in their ``no_weight_decay()`` (the
+    convention of timm's models)."""
+    names: set[str] = set()
+    for prefix, owner in module.named_modules():
+        listed = getattr(owner, "no_weight_decay", None)
+        if callable(listed):
+            names.update(f"{prefix}.{name}" if prefix else name for name in listed())
+    return names
 
 
 def named_parameters_with_owner(module: nn.Module) -> list[Tuple[str, nn.Parameter, nn.Module]]:

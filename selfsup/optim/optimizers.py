@@ -11,7 +11,7 @@ from torch import nn
 from selfsup.optim.groups import parameter_groups
 from selfsup.optim.lars import LARS
 from selfsup.optim.options import OptimOptions
-from selfsup.optim.schedules import WarmupCosineSchedule
+from selfsup.optim.schedules import CosineValue, LrAndWeightDecaySchedule, WarmupCosineSchedule
 
 if TYPE_CHECKING:  # Lightning's type only: choosing an optimizer imports no training library
     from pytorch_lightning.utilities.types import OptimizerLRSchedulerConfig
@@ -23,8 +23,9 @@ def optimizer_and_schedule(
     epochs: int,
     constant_lr_modules: Sequence[nn.Module] = (),
 ) -> OptimizerLRSchedulerConfig:
-    """SGD or LARS over ``module``'s parameter groups with a per-step cosine schedule of ``total_steps`` steps (after
-    ``params.lars_warmup_epochs`` of linear warmup for LARS); ``constant_lr_modules`` keep their lr."""
+    """SGD, LARS or AdamW over ``module``'s parameter groups with a per-step cosine schedule of ``total_steps`` steps
+    (after ``params.lars_warmup_epochs`` of linear warmup for LARS and AdamW), and a cosine weight-decay schedule to
+    ``params.final_weight_decay`` if set; ``constant_lr_modules`` keep their lr."""
     groups = parameter_groups(
         module,
         params.weight_decay,
@@ -36,12 +37,17 @@ def optimizer_and_schedule(
     if params.optimizer_name == "lars":
         optimizer = LARS(groups, lr=params.lr, momentum=params.momentum, eta=params.lars_eta)
         warmup_steps = round(params.lars_warmup_epochs * total_steps / epochs)
+    elif params.optimizer_name == "adamw":
+        optimizer = torch.optim.AdamW(groups, lr=params.lr, betas=params.adamw_betas, foreach=True)
+        warmup_steps = round(params.lars_warmup_epochs * total_steps / epochs)
     else:
         optimizer = torch.optim.SGD(groups, lr=params.lr, momentum=params.momentum, foreach=True)
         warmup_steps = 0
     schedule = WarmupCosineSchedule(warmup_steps, total_steps, params.final_lr_schedule_value / params.lr)
     constant = WarmupCosineSchedule(0, total_steps, 1.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, [constant if group["constant_lr"] else schedule for group in groups]
+    weight_decay = (None if params.final_weight_decay is None
+                    else CosineValue(params.weight_decay, params.final_weight_decay, total_steps))
+    scheduler = LrAndWeightDecaySchedule(
+        optimizer, [constant if group["constant_lr"] else schedule for group in groups], weight_decay
     )
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,8 +1,11 @@
-"""Learning-rate schedules, evaluated per optimizer step."""
+"""Learning-rate and weight-decay schedules, evaluated per optimizer step."""
 
 from __future__ import annotations
 
 import math
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
 
 
 class WarmupCosineSchedule:
@@ -17,3 +20,38 @@ class WarmupCosineSchedule:
             return (step + 1) / self.warmup_steps
         progress = min((step - self.warmup_steps) / max(self.total_steps - self.warmup_steps, 1), 1.0)
         return self.final_factor + (1 - self.final_factor) * (1 + math.cos(math.pi * progress)) / 2
+
+
+class CosineValue:
+    """A value per optimizer step on a cosine from ``start`` to ``end`` over ``total_steps`` steps (DINO's weight-decay
+    schedule)."""
+
+    def __init__(self, start: float, end: float, total_steps: int) -> None:
+        self.start, self.end, self.total_steps = start, end, total_steps
+
+    def __call__(self, step: int) -> float:
+        progress = min(step / max(self.total_steps, 1), 1.0)
+        return self.end + (self.start - self.end) * (1 + math.cos(math.pi * progress)) / 2
+
+
+class LrAndWeightDecaySchedule(torch.optim.lr_scheduler.LambdaLR):
+    """LambdaLR that also sets, at every step, the weight decay of each group that has one to ``weight_decay(step)``
+    (groups without weight decay keep 0). With ``weight_decay`` None it is LambdaLR."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, lr_lambdas: List[Callable[[int], float]],
+                 weight_decay: Optional[Callable[[int], float]] = None) -> None:
+        self.weight_decay = weight_decay
+        super().__init__(optimizer, lr_lambdas)
+
+    def step(self, epoch: Optional[int] = None) -> None:
+        super().step(epoch)
+        if self.weight_decay is not None:
+            value = self.weight_decay(self.last_epoch)
+            for group in self.optimizer.param_groups:
+                if group["weight_decay"] > 0:
+                    group["weight_decay"] = value
+
+    def state_dict(self) -> Dict[str, Any]:
+        state = super().state_dict()
+        state.pop("weight_decay", None)  # rebuilt from the params, as the lr lambdas
+        return state

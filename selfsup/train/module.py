@@ -26,7 +26,8 @@ from selfsup.config.build import make_params, warn_fields_added_since
 from selfsup.config.params import ModelParams
 from selfsup.eval import probes
 from selfsup.methods.steps import Progress, StepOutput, TrainingStep
-from selfsup.nn.backbones import get_encoder, use_channels_last, with_representation
+from selfsup.nn.backbones import make_encoder, use_channels_last, with_representation
+from selfsup.nn.vit import check_view_sizes
 from selfsup.optim.optimizers import optimizer_and_schedule
 from selfsup.train.health import (
     EMBEDDING_STD_METRIC,
@@ -74,9 +75,11 @@ class SelfSupervisedMethod(pl.LightningModule):
         self.pipeline = self.datamodule.pipeline
 
         self.cifar_stem = data.cifar_stem(params.use_cifar_stem, self.pipeline.info)
-        self.model = backbone if backbone is not None else get_encoder(params.encoder_arch, self.cifar_stem)
+        self.model = backbone if backbone is not None else make_encoder(params, self.cifar_stem, self.pipeline.crop)
         if params.sync_batch_norm == "all":  # before any hook is registered on the encoder's layers
             self.model = distributed.convert_sync_batchnorm(self.model)
+        check_view_sizes(self.model, {("transform_crop_size" if i < params.num_global_crops else "local_crop_size"):
+                                      view.size for i, view in enumerate(self.pipeline.views)})
         self.model = with_representation(self.model, params.encoder_layer, self.pipeline.crop, params.embedding_dim)
         if params.channels_last:
             use_channels_last(self.model)
@@ -174,6 +177,13 @@ class SelfSupervisedMethod(pl.LightningModule):
         self._total_steps = int(self.trainer.estimated_stepping_batches)
         epochs = self.trainer.max_epochs if self.trainer.max_epochs not in (None, -1) else self.params.max_epochs
         return optimizer_and_schedule(self, self.params, self._total_steps, epochs, self.step.constant_lr_modules())
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: Optional[float] = None,
+                                    gradient_clip_algorithm: Optional[str] = None) -> None:
+        """The Trainer's clipping if it sets one, else ``gradient_clip_norm`` of the params (global L2 norm)."""
+        if gradient_clip_val is None and self.params.gradient_clip_norm > 0:
+            gradient_clip_val, gradient_clip_algorithm = self.params.gradient_clip_norm, "norm"
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # --- validation: a logistic-regression probe and a weighted kNN on frozen encoder embeddings ----------------------
     def validation_step(self, batch: Tuple[Tensor, Tensor], batch_idx: int) -> None:

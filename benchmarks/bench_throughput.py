@@ -9,7 +9,9 @@ The required compute is the same networks in bare PyTorch: forward + backward of
 (encoder, projection and prediction MLPs) plus a no-grad forward of the views the target network (encoder and
 projection) sees; no loss, no optimizer, no framework. ``ratio`` = framework step / required compute is the
 overhead the framework adds: the loss with its similarity matrices, the optimizer, the EMA and queue updates and
-the bookkeeping. The bare encoder alone (no heads) is the third column, for scale.
+the bookkeeping. The bare encoder alone (no heads) is the third column, for scale. A masked-image method (MAE, I-JEPA)
+has one view and no projection heads: its required compute is the encoder's forward + backward of that view with all
+its tokens, what the step would cost without masking, so its ratio below 1 is what masking saves.
 
 All are the median step time over ``--steps`` steps after ``--warmup`` steps; the measurements are interleaved
 ``--rounds`` times and the fastest round is kept, because other load on the machine only ever slows a step down.
@@ -21,6 +23,7 @@ networks first), ``torch.cuda.max_memory_allocated`` on GPU.
 Example (the table in the benchmarks issue's closing note):
     python benchmarks/bench_throughput.py --batch-size 256 --image-size 32
     python benchmarks/bench_throughput.py --peer --presets simclr byol   # next to lightly's step
+    python benchmarks/bench_throughput.py --presets mae_tiny ijepa_tiny dino_vit_tiny moco_v3_vit_tiny   # ViT-Tiny/4
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from selfsup import data
 from selfsup.config import PRESETS, ModelParams
+from selfsup.methods.steps import JointEmbeddingStep
 from selfsup.nn.target import encode_views
 from selfsup.train.module import SelfSupervisedMethod
 
@@ -58,7 +62,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     parser.add_argument("--presets", nargs="+", default=sorted(PRESETS), choices=sorted(PRESETS))
-    parser.add_argument("--encoder-arch", default="resnet18")
+    parser.add_argument("--encoder-arch", default=None, help="every preset's encoder (default: each preset's own)")
     parser.add_argument("--image-size", type=int, default=32, help="side of the global views in px")
     parser.add_argument("--batch-size", type=int, default=256, help="source images per step")
     parser.add_argument("--cifar-stem", action="store_true", help="3x3 stride-1 stem (8x the compute at 32 px)")
@@ -115,13 +119,14 @@ class FullQueue(pl.Callback):
 def bench_params(name: str, args: argparse.Namespace) -> ModelParams:
     overrides: Dict[str, Any] = dict(
         dataset_name="synthetic",
-        encoder_arch=args.encoder_arch,
         synthetic_image_size=args.image_size,
         batch_size=args.batch_size,
         use_cifar_stem=args.cifar_stem,
         num_data_workers=0,
         max_epochs=1,
     )
+    if args.encoder_arch is not None:
+        overrides["encoder_arch"] = args.encoder_arch
     preset = PRESETS[name]()
     if preset.uses_queue:
         overrides["K"] = max(args.batch_size, preset.K // args.batch_size * args.batch_size)
@@ -172,19 +177,22 @@ def required_compute_seconds(
     projection and prediction MLPs; target: encoder and projection), otherwise the encoder alone."""
     device = torch.device("cuda" if args.accelerator == "gpu" else "cpu")
     online_encoder = copy.deepcopy(model.model).to(device)  # same architecture, stem and memory format
+    joint = isinstance(model.step, JointEmbeddingStep)  # else a masked-image step: its one view, all tokens
+    heads = heads and joint
     projection = copy.deepcopy(model.step.projection).to(device) if heads else torch.nn.Identity()
     prediction = copy.deepcopy(model.step.prediction).to(device) if heads else torch.nn.Identity()
     target_encoder = copy.deepcopy(model.model).to(device).requires_grad_(False)
     target_projection = copy.deepcopy(projection).requires_grad_(False)
     shapes = view_shapes(params)
     views = [torch.randn(args.batch_size, *shape, device=device) for shape in shapes]
-    query_views = model.step.query_views
-    target_views = model.step.target.key_views if params.use_lagging_model else []
+    online_views = model.step.online_views if joint else [0]
+    query_views = model.step.query_views if joint else [0]
+    target_views = model.step.target.key_views if joint and params.use_lagging_model else []
 
     def step() -> None:
         online_encoder.zero_grad(set_to_none=True)
-        embeddings = encode_views(online_encoder, [views[i] for i in model.step.online_views])
-        projections = dict(zip(model.step.online_views, projection(torch.cat(embeddings)).chunk(len(embeddings))))
+        embeddings = encode_views(online_encoder, [views[i] for i in online_views])
+        projections = dict(zip(online_views, projection(torch.cat(embeddings)).chunk(len(embeddings))))
         queries = prediction(torch.cat([projections[i] for i in query_views]))
         queries.square().mean().backward()
         if target_views:
@@ -237,8 +245,8 @@ def measure_preset(name: str, args: argparse.Namespace) -> Dict[str, Any]:
     return {
         "preset": name,
         "views": "+".join(f"{s[1]}px" for s in shapes),
-        "online_views": len(probe.step.online_views),
-        "target_views": len(probe.step.target.key_views) if params.use_lagging_model else 0,
+        "online_views": len(getattr(probe.step, "online_views", [0])),
+        "target_views": len(probe.step.target.key_views) if hasattr(probe.step, "target") else 0,
         "framework_images_per_s": args.batch_size / framework_step,
         "required_images_per_s": args.batch_size / network_step,
         "framework_step_ms": 1000 * framework_step,
@@ -278,8 +286,9 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
         writer.writeheader()
         writer.writerows(rows)
     stem = "CIFAR" if args.cifar_stem else "ImageNet"
-    print(f"\n{args.encoder_arch} ({stem} stem), batch {args.batch_size}, {args.image_size} px, {args.accelerator}, "
-          f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}; CSV: {args.csv}\n")
+    encoder = args.encoder_arch or "each preset's encoder"
+    print(f"\n{encoder} ({stem} stem for ResNets), batch {args.batch_size}, {args.image_size} px, "
+          f"{args.accelerator}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}; CSV: {args.csv}\n")
     peer_head, peer_rule = (" lightly ms | peer ratio |", "---:|---:|") if args.peer else ("", "")
     print("| preset | views | online / target views | framework ms | required ms | encoder-only ms | ratio | "
           f"ratio to encoder | framework img/s | peak MB (framework / bare) |{peer_head}")

@@ -1,9 +1,10 @@
 """One command that checks and measures the library on a GPU; ``--cpu-dry-run`` runs every code path tiny on the CPU.
 
 Timing rows, for SimCLR, BYOL and MoCo v2 at ResNet-50 224 px (ImageNet stem) and ResNet-18 32 px (CIFAR stem), in
-the precisions "32-true", "bf16-mixed" and "16-mixed" with channels_last off and on, then torch.compile on for a subset
-only (bf16-mixed with channels_last, one row per method and network, run last so that the time guard drops them
-first: a cold compile of a ResNet takes about a minute):
+the precisions "32-true", "bf16-mixed" and "16-mixed" with channels_last off and on; for MAE and DINO on a ViT-S/16 at
+224 px in "32-true" and "bf16-mixed" (MAE's backbone column is the encoder on all tokens, so its ratio below 1 is what
+masking saves); then torch.compile on for a subset only (bf16-mixed with channels_last, one row per method and
+network, run last so that the time guard drops them first: a cold compile of a ResNet takes about a minute):
 
 - framework: a real ``pl.Trainer`` fit of ``SelfSupervisedMethod`` on ready-made views (as bench_throughput.py), the
   median wall time from one ``on_train_batch_start`` to the next after the warmup steps. The views lie on the training
@@ -56,7 +57,7 @@ from torch._dynamo.utils import counters as dynamo_counters
 from torch.utils.data import Dataset
 
 from selfsup import BYOLParams, MoCoV2Params, SelfSupervisedMethod, SimCLRParams, data
-from selfsup.config import ModelParams
+from selfsup.config import DINOViTSmallParams, MAEParams, ModelParams
 from selfsup.distributed import collectives, sync_batchnorm
 from selfsup.nn.target import MomentumTarget, encode_views
 from selfsup.train.pipeline import batch_views
@@ -71,6 +72,10 @@ except ImportError:  # run as a script: Python puts benchmarks/ itself, not the 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUT = os.path.join(REPO, "benchmarks", "results", "gpu_check.json")
 METHODS: Dict[str, Callable[..., ModelParams]] = {"simclr": SimCLRParams, "byol": BYOLParams, "moco_v2": MoCoV2Params}
+# The ViT rows: MAE (encoder on a quarter of the tokens) and DINO (2 global + 8 local crops) on the ViT of
+# plan.vit_arch, in float32 and bf16.
+VIT_METHODS: Dict[str, Callable[..., ModelParams]] = {"mae": MAEParams, "dino_vit": DINOViTSmallParams}
+VIT_PRECISIONS = ("32-true", "bf16-mixed")
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 COMPILED_PRECISION = "bf16-mixed"  # compile rows: this precision with channels_last, the setting a GPU run would use
 AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
@@ -101,6 +106,7 @@ class Arch:
     cifar_stem: bool
     embedding_dim: int
     batch_size: int
+    patch_size: Optional[int] = None  # ViTs: their patch side (None: the model's)
     # The dataset whose stored image side and normalization the augmentation timing takes (ImageNet's 256 px images
     # for 224 px crops, as a real run); None: the rows' own synthetic images.
     augmentation_dataset: Optional[str] = None
@@ -137,6 +143,7 @@ class Plan:
     loss_workers: int
     dist_arch: Arch
     dist_steps: int
+    vit_arch: Arch  # the ViT rows' encoder
 
     @property
     def accelerator(self) -> str:
@@ -190,6 +197,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
             max_seconds=60 * args.max_minutes, compile_backend=args.compile_backend or "aot_eager", compile_rows=1,
             loss_arch=Arch("resnet18-imagenet-stem", "resnet18", 32, False, 512, 16), loss_steps=30, loss_window=10,
             loss_subset=True, loss_precision="32-true", loss_workers=0, dist_arch=archs[1], dist_steps=3,
+            vit_arch=Arch("vit-tiny-8", "timm:vit_tiny_patch16_224", 32, False, 192, 4, patch_size=8),
         )
     archs = (Arch("resnet50-imagenet-stem", "resnet50", 224, False, 2048, args.batch_224, "imagenet"),
              Arch("resnet18-cifar-stem", "resnet18", 32, True, 512, args.batch_32, "cifar10"))
@@ -201,6 +209,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         loss_arch=Arch("resnet18-cifar-stem", "resnet18", 32, True, 512, 256), loss_steps=200, loss_window=20,
         loss_subset=False, loss_precision="bf16-mixed", loss_workers=min(8, os.cpu_count() or 1),
         dist_arch=Arch("resnet18-cifar-stem", "resnet18", 32, True, 512, 64), dist_steps=5,
+        vit_arch=Arch("vit-small-16", "timm:vit_small_patch16_224", 224, False, 384, args.batch_224),
     )
 
 
@@ -211,8 +220,14 @@ def params_for(method: str, arch: Arch, **overrides: Any) -> ModelParams:
         synthetic_image_size=arch.image_size, use_cifar_stem=arch.cifar_stem, batch_size=arch.batch_size,
         num_data_workers=0, max_epochs=1,
     )
+    if arch.patch_size is not None:
+        settings["patch_size"] = arch.patch_size
+    if method in VIT_METHODS:
+        # local crops of 3/7 of the image in whole patches (96 px at 224 px with 16-px patches)
+        patch = arch.patch_size or 16
+        settings.update(use_cifar_stem=None, local_crop_size=max(patch, round(arch.image_size * 3 / 7 / patch) * patch))
     settings.update(overrides)
-    return METHODS[method](**settings)
+    return {**METHODS, **VIT_METHODS}[method](**settings)
 
 
 def autocast(precision: str, device: torch.device) -> ContextManager[Any]:
@@ -383,8 +398,10 @@ def plan_rows(plan: Plan) -> List[Row]:
     rows = [Row(method, arch, precision, channels_last, False)
             for arch in plan.archs for method in METHODS for precision in PRECISIONS for channels_last in (False, True)]
     # Last, so that the time guard drops them first; the small network first, as it compiles fastest.
+    vit = [Row(method, plan.vit_arch, precision, False, False)
+           for method in VIT_METHODS for precision in VIT_PRECISIONS]
     compiled = [Row(method, arch, COMPILED_PRECISION, True, True) for method in METHODS for arch in plan.archs[::-1]]
-    return rows + compiled[: plan.compile_rows]
+    return rows + vit + compiled[: plan.compile_rows]
 
 
 def static_skip_reason(row: Row, plan: Plan) -> Optional[str]:
@@ -421,8 +438,10 @@ def backbone_seconds(model: SelfSupervisedMethod, views: Sequence[Tensor], preci
     """Forward + backward of the model's own encoder on the views its online network sees, and the no-grad forward
     of its momentum encoder on the key views (as MomentumTarget, one batch), under the step's autocast."""
     encoder = model.model
-    online = [views[i] for i in model.step.online_views]
-    momentum = model.step.target if isinstance(model.step.target, MomentumTarget) else None
+    # a masked-image step (MAE): its one view with all its tokens, what the step would cost without masking
+    online = [views[i] for i in getattr(model.step, "online_views", [0])]
+    target = getattr(model.step, "target", None)
+    momentum = target if isinstance(target, MomentumTarget) else None
     keys = torch.cat([views[i] for i in momentum.key_views]) if momentum is not None else None
 
     def step() -> None:

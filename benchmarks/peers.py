@@ -23,15 +23,17 @@ from selfsup import data
 from selfsup.config import ModelParams
 from selfsup.nn.backbones import make_encoder, use_channels_last, with_representation
 from selfsup.nn.target import MomentumSchedule
+from selfsup.nn.vit import patch_size_of, vision_transformer
 from selfsup.optim.optimizers import optimizer_and_schedule
 from selfsup.train.pipeline import pretraining_data
 
 try:
     from lightly import loss as lightly_loss
     from lightly.models import modules as lightly_modules
+    from lightly.models import utils as lightly_utils
     from lightly.models.utils import deactivate_requires_grad, update_momentum
 except ImportError:  # the peer column is optional; bench_quality checks available() before using it
-    lightly_loss = lightly_modules = None
+    lightly_loss = lightly_modules = lightly_utils = None
 
 def available() -> bool:
     """Whether lightly is installed."""
@@ -222,6 +224,37 @@ class TiCoPeer(MomentumPeer):
         return self.criterion(self.head(self.encoder(views[0])), self.target(views[1:2])[0])
 
 
+class MAEPeer(Peer):
+    """MAE as lightly's MAE example wires it: lightly's masked ViT around our encoder, its MAE decoder at the preset's
+    width, depth and heads, its token masking at the preset's ratio, and the mean squared error on the hidden
+    patches' pixels (lightly's example does not normalize them per patch)."""
+
+    def __init__(self, encoder: nn.Module, params: ModelParams) -> None:
+        super().__init__(encoder, params)
+        vit = vision_transformer(encoder, "lightly's MAE")
+        vit.to(memory_format=torch.contiguous_format)  # lightly views the patch projection's weights
+        self.backbone = lightly_modules.MaskedVisionTransformerTIMM(vit=vit)
+        self.patch = patch_size_of(vit)
+        self.tokens = self.backbone.sequence_length
+        self.decoder = lightly_modules.MAEDecoderTIMM(
+            num_patches=vit.patch_embed.num_patches, patch_size=self.patch, embed_dim=vit.embed_dim,
+            decoder_embed_dim=params.mae_decoder_width, decoder_depth=params.mae_decoder_depth,
+            decoder_num_heads=params.mae_decoder_heads,
+        )
+
+    def loss(self, views: Sequence[Tensor], epoch: int) -> Tensor:
+        images = views[0].contiguous()  # lightly's patchify views the pixels
+        batch = images.shape[0]
+        keep, hidden = lightly_utils.random_token_mask((batch, self.tokens), self.params.mask_ratio,
+                                                       device=images.device)
+        encoded = self.decoder.embed(self.backbone.encode(images=images, idx_keep=keep))
+        tokens = lightly_utils.repeat_token(self.decoder.mask_token, (batch, self.tokens))
+        tokens = lightly_utils.set_at_index(tokens, keep, encoded.type_as(tokens))
+        predictions = self.decoder.predict(lightly_utils.get_at_index(self.decoder.decode(tokens), hidden))
+        target = lightly_utils.get_at_index(lightly_utils.patchify(images, self.patch), hidden - 1)
+        return nn.functional.mse_loss(predictions, target)
+
+
 PEERS: Dict[str, Type[Peer]] = {
     "simclr": SimCLRPeer,
     "moco_v2": MoCoPeer,
@@ -233,6 +266,8 @@ PEERS: Dict[str, Type[Peer]] = {
     "dino": DINOPeer,
     "swav": SwAVPeer,
     "tico": TiCoPeer,
+    "mae_tiny": MAEPeer,
+    "dino_vit_tiny": DINOPeer,
 }
 
 

@@ -39,6 +39,11 @@ def option(
     return attr.ib(default=default, converter=converter, metadata=metadata)
 
 
+def float_pair(value: Any) -> Tuple[float, float]:
+    """The converter of a (low, high) field: any pair of numbers (a list from a config file, too) as floats."""
+    return tuple(float(v) for v in value)  # type: ignore[return-value]
+
+
 def allowed_values(field: attr.Attribute) -> Optional[Tuple[Any, ...]]:
     choices = field.metadata.get(CHOICES)
     if choices is None:

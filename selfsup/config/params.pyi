@@ -7,6 +7,7 @@ from selfsup.config.base import ModelParamsBase
 from selfsup.methods.barlow_twins import BarlowTwinsOptions
 from selfsup.methods.contrastive import EqCoOptions
 from selfsup.methods.dino import DINOOptions
+from selfsup.methods.ijepa import IJEPAOptions
 from selfsup.methods.mae import MAEOptions
 from selfsup.methods.options import SharedParams
 from selfsup.methods.swav import SwAVOptions
@@ -21,6 +22,7 @@ class ModelParams(
     TiCoOptions,
     SwAVOptions,
     MAEOptions,
+    IJEPAOptions,
     DINOOptions,
     EqCoOptions,
     BarlowTwinsOptions,

@@ -65,6 +65,14 @@ def DINOViTTinyParams(**overrides: Any) -> ModelParams:
     """DINO, arXiv:2104.14294: dino_vit_tiny."""
 
 
+def IJEPAParams(**overrides: Any) -> ModelParams:
+    """I-JEPA, arXiv:2301.08243: ijepa."""
+
+
+def IJEPATinyParams(**overrides: Any) -> ModelParams:
+    """I-JEPA, arXiv:2301.08243: ijepa_tiny."""
+
+
 def MAEParams(**overrides: Any) -> ModelParams:
     """MAE, arXiv:2111.06377: mae."""
 
@@ -120,6 +128,8 @@ __all__ = [
     "DINOParams",
     "DINOViTSmallParams",
     "DINOViTTinyParams",
+    "IJEPAParams",
+    "IJEPATinyParams",
     "MAEParams",
     "MAETinyParams",
     "NNCLRParams",

@@ -15,7 +15,7 @@ import torchvision.transforms as T
 from PIL import Image
 from torch import Tensor
 
-from selfsup.options import option
+from selfsup.options import float_pair, option
 
 ViewTransform = Callable[[Image.Image], Any]  # PIL RGB image -> view (a Tensor for the built-in transforms)
 
@@ -25,10 +25,6 @@ JITTER_P = 0.8
 BLUR_SIGMA = (0.1, 2.0)
 TRANSFORM_TYPES = ("simclr", "byol", "crop")
 AUGMENTATION_BACKENDS = ("batched", "pil")
-
-
-def _float_pair(value: Any) -> Tuple[float, float]:
-    return tuple(float(v) for v in value)  # type: ignore[return-value]
 
 
 @attrs.frozen(kw_only=True, slots=False)
@@ -50,9 +46,9 @@ class ViewOptions:
     local_crop_size: Optional[int] = option(None, "side of local crops in px; None = 3/7 of the global crop (96/224)",
                                             low=1)
     global_crop_scale: Tuple[float, float] = option((0.2, 1.0), "area fraction range of the global crops",
-                                                    converter=_float_pair)
+                                                    converter=float_pair)
     local_crop_scale: Tuple[float, float] = option((0.05, 0.4), "area fraction range of the local crops",
-                                                   converter=_float_pair)
+                                                   converter=float_pair)
     decode_on_device: bool = option(False, "decode the image files on the training device (CUDA: batched nvJPEG), "
                                            "the loader workers only reading bytes; file datasets with the 'batched' "
                                            "backend; on a CPU the loader decodes as usual")

@@ -38,10 +38,10 @@ from selfsup.nn.vit import (
     transformer_blocks,
     vision_transformer,
 )
-from selfsup.options import option
+from selfsup.options import float_pair, option
 
-# A context needs more than this many patches (the official collator's default min_keep; its ViT-H config uses 10,
-# which a 4 x 4 grid of a small run could rarely meet).
+# A context needs more than this many patches: the official collator's default min_keep (its ViT-H config uses 10,
+# which the 16 patches of a small run's 4 x 4 grid would rarely leave).
 MIN_KEEP = 4
 # Draws of an image's blocks before its context is declared impossible: with the paper's ranges a context covered
 # by its targets is rare, so a handful of redraws fixes it.
@@ -52,7 +52,7 @@ def ijepa_loss(predictions: Tensor, targets: Tensor) -> Tensor:
     """I-JEPA's loss (Assran et al. 2023, arXiv:2301.08243, eq. 1): the squared L2 distance between predicted and
     target representations, here averaged over target blocks, tokens and features, so the paper's sum over the D
     features is D times this. predictions, targets [B, K, m, D] (K target blocks of m patches). The official code
-    takes the smooth L1 loss (Huber, beta 1) instead, the same for errors below 1 up to a factor 2."""
+    takes the smooth L1 loss instead: half the squared error for errors below 1, linear beyond."""
     return (fp32(predictions) - fp32(targets)).pow(2).mean()
 
 
@@ -75,8 +75,8 @@ def _uniform(bounds: Tuple[float, float], generator: torch.Generator) -> float:
 
 
 def block_masks(grid: Tuple[int, int], size: Tuple[int, int], count: int, generator: torch.Generator) -> Tensor:
-    """``count`` blocks of ``size`` (height, width) placed uniformly inside the grid, as masks [count, h * w] over the
-    row-major patch grid, True inside the block."""
+    """``count`` blocks of ``size`` (height, width) placed uniformly inside the grid, as masks [count, grid_h * grid_w]
+    over the row-major patch grid, True inside the block."""
     (grid_h, grid_w), (height, width) = grid, size
     top = torch.randint(0, grid_h - height + 1, (count, 1), generator=generator)
     left = torch.randint(0, grid_w - width + 1, (count, 1), generator=generator)
@@ -106,7 +106,8 @@ class MultiBlock:
         """(context patch indices [batch, n], target patch indices [batch, K, m]) over the row-major grid, each row
         in raster order. As in the official collator, the block sizes are drawn once for the batch and the positions
         per image, and every context is cut to the batch's smallest (its first n patches) so the rows line up. An
-        image whose targets leave at most MIN_KEEP patches of its context gets all its blocks drawn again."""
+        image whose targets leave at most MIN_KEEP patches of its context gets all its blocks drawn again (the
+        official code, after 20 tries, lets the context overlap targets instead)."""
         target_size = block_size(grid, self.target_scale, self.target_aspect, generator)
         context_size = block_size(grid, self.context_scale, (1.0, 1.0), generator)
         num_patches = grid[0] * grid[1]
@@ -234,22 +235,18 @@ class IJEPAStep(TrainingStep[IJEPAOutput]):
         return self
 
 
-def _float_pair(value: Any) -> Tuple[float, float]:
-    return tuple(float(v) for v in value)  # type: ignore[return-value]
-
-
 @attrs.frozen(kw_only=True, slots=False)
 class IJEPAOptions:
     """I-JEPA"""
 
     ijepa_num_targets: int = option(4, "I-JEPA: target blocks per image, each predicted from the context", low=1)
     ijepa_target_scale: Tuple[float, float] = option((0.15, 0.2), "I-JEPA: range of a target block's area, as a "
-                                                                  "fraction of the patch grid", converter=_float_pair)
+                                                                  "fraction of the patch grid", converter=float_pair)
     ijepa_target_aspect: Tuple[float, float] = option((0.75, 1.5), "I-JEPA: range of a target block's height / "
-                                                                   "width", converter=_float_pair)
+                                                                   "width", converter=float_pair)
     ijepa_context_scale: Tuple[float, float] = option((0.85, 1.0), "I-JEPA: range of the square context block's "
                                                                    "area, as a fraction of the patch grid, before the "
-                                                                   "target patches are removed", converter=_float_pair)
+                                                                   "target patches are removed", converter=float_pair)
     ijepa_predictor_width: int = option(384, "I-JEPA: predictor width", low=4)
     ijepa_predictor_depth: int = option(12, "I-JEPA: predictor transformer blocks", low=1)
     ijepa_predictor_heads: int = option(12, "I-JEPA: predictor attention heads (dividing the width)", low=1)
@@ -296,9 +293,9 @@ IJEPA_PRESET = Preset(
     "0.75-1.5 and a square context block of 0.85-1 without the target patches; predictor of 12 blocks, width 384 (the "
     "paper's for ViT-H), 12 heads (the encoder's, as the official code); loss = squared error to the EMA encoder's "
     "layer-normed patch tokens; EMA momentum 0.996 cosine to 1 (the official code: linear); random resized crops "
-    "(0.3-1), no colour augmentation (the official code does not flip either); AdamW lr 1.25e-4 per 256 images (scale "
-    "it with the total batch: the paper's 1e-3 at 2048), 40 warmup epochs, cosine to 0, weight decay 0.04 -> 0.4 on a "
-    "cosine (none on biases, norms and tokens), 300 epochs.",
+    "(0.3-1) and flips, no colour augmentation (the official code does not flip); AdamW lr 1.25e-4 per 256 images "
+    "(scale it with the total batch: the paper's 1e-3 at 2048), 40 warmup epochs, cosine to 0, weight decay 0.04 -> "
+    "0.4 on a cosine (none on biases, norms and tokens), 300 epochs.",
     fields=dict(_IJEPA_RECIPE, encoder_arch="timm:vit_base_patch16_224", embedding_dim=768, ijepa_predictor_width=384,
                 ijepa_predictor_depth=12, ijepa_predictor_heads=12),
 )

@@ -68,8 +68,8 @@ def check_encoder_options(o: EncoderOptions) -> None:
     elif arch not in encoder_archs():
         close = difflib.get_close_matches(arch, encoder_archs(), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        fail(o, "encoder_arch", f"got {arch!r}; expected a torchvision classification model "
-                                            f"({', '.join(encoder_archs())}), a ws_resnet, or timm:<name>.{hint}")
+        fail(o, "encoder_arch", f"got {arch!r}; allowed values are {', '.join(repr(a) for a in encoder_archs())}, "
+                                f"or 'timm:<name>' for any timm model.{hint}")
     elif o.drop_path_rate:
         fail(o, "drop_path_rate", f"stochastic depth is set for timm models; {arch!r} is torchvision's")
     if not is_timm_vit(arch):

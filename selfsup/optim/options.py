@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import attrs
 
-from selfsup.options import fail, option
+from selfsup.options import fail, float_pair, option
 
 OPTIMIZERS = ("sgd", "lars", "adamw")
 DEFAULT_ADAMW_BETAS = (0.9, 0.999)
-
-
-def _float_pair(value: Any) -> Tuple[float, float]:
-    return tuple(float(v) for v in value)  # type: ignore[return-value]
 
 
 @attrs.frozen(kw_only=True, slots=False)
@@ -31,7 +27,7 @@ class OptimOptions:
     final_lr_schedule_value: float = option(0.0, "learning rate at the end of the cosine schedule", low=0)
     optimizer_name: str = option("sgd", "'sgd', 'lars' or 'adamw' (the ViT optimizer)", choices=OPTIMIZERS)
     adamw_betas: Tuple[float, float] = option(DEFAULT_ADAMW_BETAS, "AdamW (beta1, beta2); MAE uses (0.9, 0.95)",
-                                              converter=_float_pair)
+                                              converter=float_pair)
     lars_warmup_epochs: float = option(1, "LARS and AdamW: linear learning-rate warmup length in epochs (applied per "
                                           "step); SGD runs have none", low=0)
     lars_eta: float = option(1e-3, "LARS trust coefficient", low=0, low_open=True)

@@ -19,6 +19,11 @@ peak lr (``--paper-schedules`` keeps them all); everything else is the preset's.
 
 Example (the default-run table in docs/benchmarks.md; 44 minutes on a 2-core CPU with AVX-512):
     python benchmarks/bench_quality.py
+
+The ViT presets at CPU scale (docs/benchmarks.md, "Vision Transformers"), next to a random ViT-Tiny/4 and lightly:
+    python benchmarks/bench_quality.py --presets mae_tiny ijepa_tiny moco_v3_vit_tiny dino_vit_tiny --peer \
+        --encoder-arch timm:vit_tiny_patch16_224 --embedding-dim 192 --set patch_size=4 \
+        --train-per-class 500 --holdout-per-class 100 --batch-size 128
 """
 
 from __future__ import annotations

@@ -3,10 +3,10 @@
 
 Only the method comes from lightly: its projection/prediction heads, losses, memory banks and momentum update, wired
 the way lightly's own CIFAR-10 benchmark wires them (head widths for a 512-d ResNet-18, temperatures, symmetric
-losses); TiCo, which that benchmark lacks, takes the preset's head widths and beta / rho. Everything else is ours and
-identical to the run it is compared with: the data module (split, views, augmentation), the backbone, the optimizer
-and its schedule (``optimizer_and_schedule`` of the same params, so the same short-run recipe), the EMA momentum
-schedule, the batch and the epochs.
+losses); TiCo, which that benchmark lacks, takes the preset's head widths and beta / rho; MAE is wired as lightly's
+MAE example. Everything else is ours and identical to the run it is compared with: the data module (split, views,
+augmentation), the backbone, the optimizer and its schedule (``optimizer_and_schedule`` of the same params, so the
+same short-run recipe), gradient clipping, the EMA momentum schedule, the batch and the epochs.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from selfsup.config import ModelParams
 from selfsup.nn.backbones import make_encoder, use_channels_last, with_representation
 from selfsup.nn.target import MomentumSchedule
 from selfsup.nn.vit import patch_size_of, vision_transformer
-from selfsup.optim.optimizers import optimizer_and_schedule
+from selfsup.optim.optimizers import gradient_clipping, optimizer_and_schedule
 from selfsup.train.pipeline import pretraining_data
 
 try:
@@ -305,6 +305,10 @@ class PeerMethod(pl.LightningModule):
         m = self.momentum_schedule(self.trainer.global_step, self._total_steps)
         for online, target in self.peer.momentum_targets():
             update_momentum(online, target, m)
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: Optional[float] = None,
+                                    gradient_clip_algorithm: Optional[str] = None) -> None:
+        self.clip_gradients(optimizer, *gradient_clipping(self.params, gradient_clip_val, gradient_clip_algorithm))
 
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         self._total_steps = int(self.trainer.estimated_stepping_batches)

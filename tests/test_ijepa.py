@@ -68,11 +68,11 @@ def test_the_context_excludes_every_target_patch_and_rows_line_up():
 
 
 def test_an_image_whose_targets_cover_its_context_is_drawn_again():
-    """Four 2 x 2 targets on a 4 x 4 grid often cover most of the whole-grid context; every image ends up with more
-    than MIN_KEEP context patches all the same."""
+    """Four 3 x 3 targets on a 6 x 6 grid often cover most of the 5 x 5 context; every image ends up with more than
+    MIN_KEEP context patches all the same."""
     crowded = MultiBlock(4, (0.25, 0.25), (1.0, 1.0), (1.0, 1.0))
     for seed in range(20):
-        context, targets = crowded(32, (4, 4), generator(seed))
+        context, targets = crowded(32, (6, 6), generator(seed))
         assert context.shape[1] > MIN_KEEP
         assert all(not set(c.tolist()) & set(t.flatten().tolist()) for c, t in zip(context, targets))
 
@@ -121,9 +121,9 @@ def test_the_context_encoder_sees_only_the_context_patches():
     model = SelfSupervisedMethod(ijepa())
     images = torch.randn(2, 3, 32, 32)
     context, _ = model.step.masking(images, step=0)
-    patch, grid_w = 8, model.step.grid[1]
+    (grid_h, grid_w), patch = model.step.grid, 32 // model.step.grid[1]
     changed = images.clone()
-    for position in set(range(16)) - set(context[0].tolist()):
+    for position in set(range(grid_h * grid_w)) - set(context[0].tolist()):
         row, col = divmod(position, grid_w)
         changed[0, :, row * patch:(row + 1) * patch, col * patch:(col + 1) * patch] += 10
     with torch.no_grad():
@@ -221,8 +221,9 @@ def test_ijepa_trains_through_the_trainer_and_its_checkpoint_round_trips(tmp_pat
 # --- settings -------------------------------------------------------------------------------------------------------
 def test_the_presets_are_the_papers_recipe_on_vit_b_and_vit_tiny():
     base, small = IJEPAParams(), IJEPATinyParams()
-    assert (base.encoder_arch, base.embedding_dim, base.lr, base.max_epochs) == (
-        "timm:vit_base_patch16_224", 768, pytest.approx(1e-3 * 256 / 2048), 300)
+    assert (base.encoder_arch, base.embedding_dim, base.lr, base.max_epochs, small.max_epochs) == (
+        "timm:vit_base_patch16_224", 768, pytest.approx(1e-3 * 256 / 2048), 600, 300)
+    assert base.final_lr_schedule_value == 1e-6 and base.lars_warmup_epochs == 40
     assert (base.weight_decay, base.final_weight_decay, base.m, base.global_crop_scale) == (0.04, 0.4, 0.996,
                                                                                             (0.3, 1.0))
     assert (small.patch_size, small.ijepa_predictor_width, small.global_pool) == (4, 96, "avg")

@@ -74,6 +74,22 @@ def test_a_frozen_patch_projection_stays_as_initialised_through_training():
     assert not torch.equal(model.model.blocks[0].attn.qkv.weight, block)  # the rest of the ViT trains
 
 
+def test_moco_v3s_frozen_patch_projection_is_its_uniform_initialisation_without_bias():
+    vit = timm_encoder("timm:vit_tiny_patch16_224", 32, patch_size=4, freeze_patch_embed=True, num_heads=6)
+    weight = vit.patch_embed.proj.weight
+    bound = math.sqrt(6 / (3 * 4 * 4 + 192))
+    assert weight.abs().max() <= bound and weight.abs().max() > 0.9 * bound
+    assert torch.equal(vit.patch_embed.proj.bias, torch.zeros(192))
+    assert vit.blocks[0].attn.num_heads == 6  # MoCo v3's ViT-S has 12 heads where timm's has 6
+
+
+def test_the_ema_teacher_has_no_stochastic_depth_where_the_student_has():
+    model = SelfSupervisedMethod(tiny(DINOParams, **VIT, drop_path_rate=0.2, local_crop_size=16))
+    student = [m.drop_prob for m in model.model.modules() if hasattr(m, "drop_prob")]
+    teacher = [m.drop_prob for m in model.step.target.encoder.modules() if hasattr(m, "drop_prob")]
+    assert max(student) == pytest.approx(0.2) and teacher == [0.0] * len(student)
+
+
 @pytest.mark.parametrize("overrides, field", [
     (dict(encoder_arch="timm:vit_tiny_patch16_22"), "encoder_arch"),
     (dict(encoder_arch="resnet181"), "encoder_arch"),
@@ -89,6 +105,10 @@ def test_a_frozen_patch_projection_stays_as_initialised_through_training():
     (dict(adamw_betas=(0.9, 0.95)), "adamw_betas"),
     (dict(optimizer_name="adamw", momentum=0.8), "momentum"),
     (dict(optimizer_name="adamw", adamw_betas=(0.9, 1.0)), "adamw_betas"),
+    (dict(weight_decay=0.0, final_weight_decay=0.4), "final_weight_decay"),
+    (dict(VIT, loss_type="mae", num_global_crops=1, dataset_name="synthetic", encoder_image_size=64),
+     "encoder_image_size"),
+    (dict(encoder_arch="resnet18", num_heads=4), "num_heads"),
 ])
 def test_bad_vit_and_adamw_settings_name_the_field(overrides, field):
     with pytest.raises(ValueError, match=f"ModelParams.{field}"):
@@ -215,6 +235,17 @@ def test_patchify_equals_lightlys():
     assert torch.equal(patchify(images, 4), utils.patchify(images, 4))
 
 
+def test_mae_loss_without_pixel_normalization_equals_lightlys_mse_on_its_masked_patches():
+    utils = pytest.importorskip("lightly.models.utils")
+    torch.manual_seed(0)
+    predictions, patches = torch.randn(4, 16, 12, dtype=torch.float64), torch.randn(4, 16, 12, dtype=torch.float64)
+    _, hidden = utils.random_token_mask((4, 17), mask_ratio=0.75)  # lightly counts the class token as position 0
+    theirs = torch.nn.functional.mse_loss(utils.get_at_index(predictions, hidden - 1),
+                                          utils.get_at_index(patches, hidden - 1))
+    mask = torch.zeros(4, 16, dtype=torch.bool).scatter(1, hidden - 1, True)
+    assert abs(mae_loss(predictions, patches, mask, norm_pix_loss=False).item() - theirs.item()) < 1e-12
+
+
 def test_mae_loss_closed_forms():
     targets = torch.randn(2, 6, 12, dtype=torch.float64)
     mask = torch.tensor([[True, False] * 3, [False, True] * 3])
@@ -285,3 +316,27 @@ def test_mae_trains_checkpoints_and_resumes_through_the_trainer(tmp_path):
         loaded = SelfSupervisedMethod.load_from_checkpoint(path)
     assert loaded.state_dict().keys() == model.state_dict().keys()
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
+# --- the command line -----------------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("preset, small", [
+    ("mae_tiny", ["--mae_decoder_width", "32", "--mae_decoder_depth", "1", "--mae_decoder_heads", "2"]),
+    ("ijepa_tiny", ["--ijepa_predictor_width", "32", "--ijepa_predictor_depth", "1", "--ijepa_predictor_heads", "2"]),
+])
+def test_the_masked_presets_train_checkpoint_resume_and_probe_from_the_command_line(preset, small, tmp_path):
+    from selfsup.cli import linear, train
+
+    argv = ["--preset", preset, "--dataset_name", "synthetic", "--synthetic_train_size", "32",
+            "--synthetic_val_size", "32", "--batch_size", "8", "--patch_size", "8", "--num_data_workers", "0",
+            "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", "--embedding_plot", "none",
+            "--root_dir", str(tmp_path / "run"), *small]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        first = train.main([*argv, "--max_epochs", "1"])
+        resumed = train.main([*argv, "--max_epochs", "2", "--resume", first])  # from the end of epoch 1
+        assert torch.load(resumed, weights_only=False)["global_step"] == 8  # 4 steps an epoch
+        results = linear.main(["--checkpoint", resumed, "--root_dir", str(tmp_path / "probe"), "--max_epochs", "1",
+                               "--batch_size", "8", "--num_data_workers", "0", "--trainer.accelerator", "cpu",
+                               "--trainer.enable_progress_bar", "false"])
+    assert 0 <= results["valid_acc1"] <= 100 and 0 <= results["knn_acc"] <= 100

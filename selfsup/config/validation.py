@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 
 from selfsup import methods
-from selfsup.data.sources import FILE_DATASETS
+from selfsup.data.sources import FILE_DATASETS, crop_size
 from selfsup.methods.method import Method
 from selfsup.methods.options import SharedParams, fail, suspicious
 from selfsup.nn.backbones import check_encoder_options
@@ -35,6 +35,10 @@ def validate_params(p: SharedParams) -> None:
         fail("encoder_arch", f"loss_type={p.loss_type!r} works on the patch tokens of a Vision Transformer; got "
                              f"{p.encoder_arch!r} (use a timm ViT, e.g. 'timm:vit_tiny_patch16_224' with patch_size=4 "
                              "for 32-px images)")
+    if method.vit_only and p.encoder_image_size not in (None, crop_size(p)):
+        fail("encoder_image_size", f"loss_type={p.loss_type!r} masks the patch grid of its views, so the ViT must "
+                                   f"be built for the crop size ({crop_size(p)} px); got {p.encoder_image_size} (set "
+                                   "None)")
     if method.vit_only and p.encoder_layer is not None:
         fail("encoder_layer", f"loss_type={p.loss_type!r} reads the ViT's tokens; the representation cannot be a "
                               "hidden layer (set it to None)")

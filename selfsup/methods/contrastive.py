@@ -215,12 +215,13 @@ MOCO_V3_VIT_SMALL = Preset(
     name="MoCoV3ViTSmallParams", key="moco_v3_vit_small", paper="MoCo v3, arXiv:2104.02057",
     summary="MoCo v3 on ViT-S/16: frozen random patch projection, sine-cosine positions, 3-layer BN projector, "
     "AdamW lr 1.5e-4 per 256 images, wd 0.1, T=0.2, 40 warmup epochs",
-    doc="MoCo v3 (Chen, Xie & He 2021, arXiv:2104.02057) as its ViT-S/16 recipe: the patch projection keeps its random "
-    "initialisation (frozen, the paper's stability fix), fixed 2-D sine-cosine position embeddings, class-token "
-    "representation; 3-layer projector (4096 hidden, 256 out, BatchNorm, BN output) and 2-layer predictor; T=0.2, "
-    "loss scaled by 2T; momentum 0.99 cosine to 1; AdamW lr 1.5e-4 per 256 images (scale with the total batch), "
-    "weight decay 0.1 (none on biases, norms and tokens), 40 warmup epochs, 300 epochs; BYOL's augmentations.",
-    fields=dict(_MOCO_V3_VIT, encoder_arch="timm:vit_small_patch16_224", embedding_dim=384),
+    doc="MoCo v3 (Chen, Xie & He 2021, arXiv:2104.02057) as its ViT-S/16 recipe (12 heads, as its vit_small): the "
+    "patch projection keeps its random initialisation (frozen, the paper's stability fix), fixed 2-D sine-cosine "
+    "position embeddings, class-token representation; 3-layer projector (4096 hidden, 256 out, BatchNorm, BN output) "
+    "and 2-layer predictor; T=0.2, loss scaled by 2T; momentum 0.99 cosine to 1; AdamW lr 1.5e-4 per 256 images "
+    "(scale with the total batch), weight decay 0.1 (none on biases, norms and tokens, where the official code decays "
+    "every parameter), 40 warmup epochs, 300 epochs; BYOL's augmentations.",
+    fields=dict(_MOCO_V3_VIT, encoder_arch="timm:vit_small_patch16_224", embedding_dim=384, num_heads=12),
     derive=_moco_v3_fields,
 )
 MOCO_V3_VIT_TINY = Preset(

@@ -138,8 +138,9 @@ DINO_PRESET = Preset(
 )
 
 
-# DINO's ViT recipe (main_dino.py's ViT-S/16 arguments): a head without BatchNorm, 65536 prototypes, AdamW with a
-# cosine weight-decay schedule, gradient clipping, stochastic depth.
+# DINO's ViT recipe (main_dino.py's ViT-S/16 arguments, with the paper's teacher-temperature warmup 0.04 -> 0.07 over
+# 30 epochs where main_dino.py defaults to a constant 0.04): a head without BatchNorm, 65536 prototypes, AdamW with a
+# cosine weight-decay schedule, gradient clipping, stochastic depth (online network only: the teacher has none).
 _DINO_VIT: Dict[str, Any] = dict(
     DINO_PRESET.fields,
     mlp_normalization=None,

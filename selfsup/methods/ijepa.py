@@ -30,6 +30,7 @@ from selfsup.methods.registry import register
 from selfsup.methods.steps import Progress, StepOutput, TrainingStep
 from selfsup.nn.target import MomentumSchedule, ema_update_
 from selfsup.nn.vit import (
+    LayerNorm,
     embed_patches,
     encode_tokens,
     init_like_vit,
@@ -37,6 +38,7 @@ from selfsup.nn.vit import (
     sincos_position_embedding,
     transformer_blocks,
     vision_transformer,
+    without_stochastic_depth,
 )
 from selfsup.options import float_pair, option
 
@@ -58,14 +60,15 @@ def ijepa_loss(predictions: Tensor, targets: Tensor) -> Tensor:
 
 def block_size(grid: Tuple[int, int], scale: Tuple[float, float], aspect: Tuple[float, float],
                generator: torch.Generator) -> Tuple[int, int]:
-    """A block's (height, width) in patches, each at least 1 and at most the grid's: area ``scale`` of the grid and
-    height/width ratio ``aspect``, each drawn uniformly from its range and rounded to whole patches (the official code
-    draws one number for both, here they are independent)."""
+    """A block's (height, width) in patches: area ``scale`` of the grid and height/width ratio ``aspect``, each drawn
+    uniformly from its range (the official code draws one number for both, here they are independent) and rounded to
+    whole patches, at least 1 and, as the official code, at most one patch short of the grid's side (so a context
+    block of scale 1 is (h-1) x (w-1): it never covers the whole image)."""
     grid_h, grid_w = grid
     area = _uniform(scale, generator) * grid_h * grid_w
     ratio = _uniform(aspect, generator)
-    height = min(max(round(math.sqrt(area * ratio)), 1), grid_h)
-    width = min(max(round(math.sqrt(area / ratio)), 1), grid_w)
+    height = min(max(round(math.sqrt(area * ratio)), 1), max(grid_h - 1, 1))
+    width = min(max(round(math.sqrt(area / ratio)), 1), max(grid_w - 1, 1))
     return height, width
 
 
@@ -142,7 +145,7 @@ class IJEPAPredictor(nn.Module):
         self.embed = nn.Linear(encoder_width, width)
         self.mask_token = nn.Parameter(torch.zeros(width))
         self.blocks = transformer_blocks(width, depth, heads)
-        self.norm = nn.LayerNorm(width)
+        self.norm = LayerNorm(width)
         self.predict = nn.Linear(width, encoder_width)
         self.register_buffer("position", sincos_position_embedding(width, *grid), persistent=False)
         init_like_vit(self)
@@ -191,7 +194,7 @@ class IJEPAStep(TrainingStep[IJEPAOutput]):
         self.multiblock, self.seed = multiblock_of(o), p.seed
         self.momentum_schedule = MomentumSchedule(p.m, 1.0 if p.use_momentum_schedule else p.m)
         self.predictor = predictor_of(o, vit.embed_dim, self.grid)
-        self.target_encoder: VisionTransformer = copy.deepcopy(vit).requires_grad_(False)
+        self.target_encoder: VisionTransformer = without_stochastic_depth(copy.deepcopy(vit).requires_grad_(False))
 
     def forward(self, encoder: nn.Module, views: Sequence[Tensor], labels: Tensor, progress: Progress) -> IJEPAOutput:
         images = views[0]
@@ -228,11 +231,6 @@ class IJEPAStep(TrainingStep[IJEPAOutput]):
     def after_optimizer_step(self, encoder: nn.Module, progress: Progress) -> None:
         momentum = self.momentum_schedule(progress.global_step, progress.total_steps)
         ema_update_(list(self.target_encoder.parameters()), list(encoder.parameters()), momentum)
-
-    def train(self, mode: bool = True) -> IJEPAStep:
-        super().train(mode)
-        self.target_encoder.eval()  # targets from the whole network: no stochastic depth (drop_path_rate) in them
-        return self
 
 
 @attrs.frozen(kw_only=True, slots=False)
@@ -280,7 +278,7 @@ _IJEPA_RECIPE: Dict[str, Any] = dict(
     weight_decay=0.04,
     final_weight_decay=0.4,
     lars_warmup_epochs=40,
-    max_epochs=300,
+    final_lr_schedule_value=1e-6,
     **NO_NEGATIVES,
 )
 IJEPA_PRESET = Preset(
@@ -294,10 +292,11 @@ IJEPA_PRESET = Preset(
     "paper's for ViT-H), 12 heads (the encoder's, as the official code); loss = squared error to the EMA encoder's "
     "layer-normed patch tokens; EMA momentum 0.996 cosine to 1 (the official code: linear); random resized crops "
     "(0.3-1) and flips, no colour augmentation (the official code does not flip); AdamW lr 1.25e-4 per 256 images "
-    "(scale it with the total batch: the paper's 1e-3 at 2048), 40 warmup epochs, cosine to 0, weight decay 0.04 -> "
-    "0.4 on a cosine (none on biases, norms and tokens), 300 epochs.",
+    "(scale it with the total batch: the paper's 1e-3 at 2048), 40 warmup epochs from 0 (the official code warms up "
+    "from 2e-4), cosine to 1e-6, weight decay 0.04 -> 0.4 on a cosine (none on biases, norms and tokens), 600 epochs "
+    "(the paper's ViT-B/16 row).",
     fields=dict(_IJEPA_RECIPE, encoder_arch="timm:vit_base_patch16_224", embedding_dim=768, ijepa_predictor_width=384,
-                ijepa_predictor_depth=12, ijepa_predictor_heads=12),
+                ijepa_predictor_depth=12, ijepa_predictor_heads=12, max_epochs=600),
 )
 IJEPA_TINY = Preset(
     name="IJEPATinyParams", key="ijepa_tiny", paper="I-JEPA, arXiv:2301.08243",
@@ -307,7 +306,7 @@ IJEPA_TINY = Preset(
     "cut into 4-px patches, so a 32-px image is an 8 x 8 grid of 64 tokens; predictor of 4 blocks, width 96, 3 heads "
     "(the encoder's); the same optimization, untuned at this scale.",
     fields=dict(_IJEPA_RECIPE, encoder_arch="timm:vit_tiny_patch16_224", patch_size=4, embedding_dim=192,
-                ijepa_predictor_width=96, ijepa_predictor_depth=4, ijepa_predictor_heads=3),
+                ijepa_predictor_width=96, ijepa_predictor_depth=4, ijepa_predictor_heads=3, max_epochs=300),
 )
 
 
@@ -346,4 +345,5 @@ class IJEPA(Method):
             predictor_of(o, p.embedding_dim, (1, 1))
 
     def small_run_overrides(self, p: SharedParams, batch_size: int) -> Dict[str, Any]:
-        return dict(ijepa_predictor_width=32, ijepa_predictor_depth=1, ijepa_predictor_heads=2)
+        # 4-px patches: an 8 x 8 grid leaves room for 4 targets beside a context block of at most 7 x 7 patches
+        return dict(ijepa_predictor_width=32, ijepa_predictor_depth=1, ijepa_predictor_heads=2, patch_size=4)

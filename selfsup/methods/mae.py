@@ -22,6 +22,7 @@ from selfsup.methods.preset import ADAMW_VIT, NO_NEGATIVES, Preset
 from selfsup.methods.registry import register
 from selfsup.methods.steps import Progress, StepOutput, TrainingStep
 from selfsup.nn.vit import (
+    LayerNorm,
     embed_patches,
     encode_tokens,
     grid_of,
@@ -74,7 +75,7 @@ class MAEDecoder(nn.Module):
         self.embed = nn.Linear(encoder_width, width)
         self.mask_token = nn.Parameter(torch.zeros(width))
         self.blocks = transformer_blocks(width, depth, heads)
-        self.norm = nn.LayerNorm(width)
+        self.norm = LayerNorm(width)
         self.predict = nn.Linear(width, patch_pixels)
         position = sincos_position_embedding(width, *grid)
         self.register_buffer("position", torch.cat([position.new_zeros(num_prefix_tokens, width), position]),
@@ -207,7 +208,8 @@ MAE_TINY = Preset(
     summary="MAE at CIFAR scale: ViT-Tiny with 4-px patches on 32-px images (64 tokens), 4-block 128-wide decoder",
     doc="MAE at CIFAR scale: the MAE recipe with a ViT-Tiny (width 192, 12 blocks, 3 heads) cut into 4-px patches, "
     "so a 32-px image is 64 tokens (the CPU-scale stand-in for ViT-B/16 at 224 px); decoder of 4 blocks, width 128, "
-    "4 heads; lr 1.5e-3 per 256 images (short runs learn faster at 10x the paper's rate, docs/benchmarks.md).",
+    "4 heads; lr 1.5e-3 per 256 images, 10 times the paper's, for runs of tens rather than hundreds of epochs (a "
+    "choice, not tuned).",
     fields=dict(_MAE_RECIPE, encoder_arch="timm:vit_tiny_patch16_224", patch_size=4, embedding_dim=192,
                 mae_decoder_width=128, mae_decoder_depth=4, mae_decoder_heads=4, lr=1.5e-3, max_epochs=800),
 )

@@ -42,6 +42,8 @@ class EncoderOptions:
                                                      "embeddings); None = the crop size", low=1)
     patch_size: Optional[int] = option(None, "timm ViTs: patch side in px; None = the model's (16 for "
                                              "vit_*_patch16_*)", low=1)
+    num_heads: Optional[int] = option(None, "timm ViTs: attention heads; None = the model's (MoCo v3's ViT-S uses "
+                                            "12, timm's vit_small 6)", low=1)
     drop_path_rate: float = option(0.0, "timm models: stochastic-depth rate of the last block", low=0, high=1)
     global_pool: Optional[str] = option(None, "timm ViTs: the representation, 'token' (class token) or 'avg' (mean "
                                               "of the patch tokens, built without a class token); None = the "
@@ -54,7 +56,8 @@ class EncoderOptions:
                                        "convolutions are faster on CPUs and tensor-core GPUs")
 
 
-VIT_FIELDS = ("encoder_image_size", "patch_size", "global_pool", "fixed_sincos_pos_embed", "freeze_patch_embed")
+VIT_FIELDS = ("encoder_image_size", "patch_size", "num_heads", "global_pool", "fixed_sincos_pos_embed",
+              "freeze_patch_embed")
 
 
 def check_encoder_options(o: EncoderOptions) -> None:
@@ -84,7 +87,7 @@ def make_encoder(o: EncoderOptions, cifar_stem: bool, crop: int) -> nn.Module:
     ``encoder_image_size``), or a torchvision / weight-standardized ResNet with the CIFAR stem if ``cifar_stem``."""
     if is_timm(o.encoder_arch):
         return timm_encoder(o.encoder_arch, o.encoder_image_size or crop, o.patch_size, o.drop_path_rate,
-                            o.global_pool, o.fixed_sincos_pos_embed, o.freeze_patch_embed)
+                            o.global_pool, o.fixed_sincos_pos_embed, o.freeze_patch_embed, o.num_heads)
     return get_encoder(o.encoder_arch, cifar_stem)
 
 

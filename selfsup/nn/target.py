@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from selfsup import distributed
+from selfsup.nn.vit import without_stochastic_depth
 
 
 @torch.no_grad()
@@ -32,7 +33,8 @@ def encode_views(encoder: nn.Module, views: Sequence[Tensor]) -> List[Tensor]:
 class MomentumTarget(nn.Module):
     """Target network = EMA copy of encoder + projection (MoCo key encoder, BYOL target), never given gradients.
 
-    It runs in train mode (batch statistics); its BatchNorm buffers are its own and are not averaged. With
+    It runs in train mode (batch statistics) but without stochastic depth; its BatchNorm buffers are its own and are
+    not averaged. With
     ``shuffle_batch_norm`` the keys are computed on a batch shuffled across processes (MoCo shuffle-BN).
     """
 
@@ -40,7 +42,7 @@ class MomentumTarget(nn.Module):
         self, encoder: nn.Module, projection: nn.Module, key_views: Sequence[int], shuffle_batch_norm: bool
     ) -> None:
         super().__init__()
-        self.encoder = copy.deepcopy(encoder).requires_grad_(False)
+        self.encoder = without_stochastic_depth(copy.deepcopy(encoder).requires_grad_(False))
         self.projection = copy.deepcopy(projection).requires_grad_(False)
         self.key_views = list(key_views)
         self.shuffle_batch_norm = shuffle_batch_norm

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import difflib
 import functools
-import math
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple, TypeVar
 
 import timm
 import torch
+from timm.layers import DropPath
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
 
@@ -55,8 +55,9 @@ def is_timm_vit(arch: str) -> bool:
 
 
 def sincos_position_embedding(dim: int, grid_h: int, grid_w: int) -> Tensor:
-    """Fixed 2-D sine-cosine position embeddings [grid_h * grid_w, dim] (MAE, MoCo v3), row-major over the grid: the
-    first half of the channels encodes the row, the second the column, each as sin/cos of pos / 10000^(2i/(dim/2))."""
+    """Fixed 2-D sine-cosine position embeddings [grid_h * grid_w, dim], row-major over the grid: the first half of
+    the channels encodes the row, the second the column, each as sin/cos of pos / 10000^(2i/(dim/2)) (MoCo v3's
+    layout; MAE's puts the column first, the same table up to a permutation of channels)."""
     if dim % 4:
         raise ValueError(f"2-D sine-cosine position embeddings need a width divisible by 4, got {dim}")
     omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
@@ -78,17 +79,21 @@ def timm_encoder(
     global_pool: Optional[str] = None,
     fixed_sincos_pos_embed: bool = False,
     freeze_patch_embed: bool = False,
+    num_heads: Optional[int] = None,
 ) -> nn.Module:
     """A randomly initialised timm model without its classifier; for ViTs built for ``image_size``-px images, with
     ``patch_size`` (None: the model's), stochastic depth ``drop_path_rate``, the representation ``global_pool``
     ("token": class token; "avg": mean of the final-normed patch tokens, built without a class token), fixed 2-D
-    sine-cosine position embeddings, a frozen patch projection (MoCo v3's random patch projection)."""
+    sine-cosine position embeddings, a frozen patch projection initialised as MoCo v3's (uniform in
+    +-sqrt(6 / (3 p^2 + D)), no bias), ``num_heads`` attention heads (None: the model's)."""
     check_timm_name("ModelParams", "encoder_arch", arch)
     kwargs: Dict[str, Any] = {"drop_path_rate": drop_path_rate}
     if is_timm_vit(arch):
         kwargs.update(img_size=image_size, dynamic_img_size=True)
         if patch_size is not None:
             kwargs["patch_size"] = patch_size
+        if num_heads is not None:
+            kwargs["num_heads"] = num_heads
         if global_pool is not None:
             kwargs.update(global_pool=global_pool, class_token=global_pool == "token", fc_norm=False)
     model = timm.create_model(timm_name(arch), pretrained=False, num_classes=0, **kwargs)
@@ -100,8 +105,32 @@ def timm_encoder(
         if fixed_sincos_pos_embed:
             set_sincos_position_embedding(model)
         if freeze_patch_embed:
-            model.patch_embed.requires_grad_(False)
+            freeze_random_patch_projection(model)
     return model
+
+
+M = TypeVar("M", bound=nn.Module)
+
+
+def without_stochastic_depth(module: M) -> M:
+    """``module`` with every timm DropPath set to keep all paths: an EMA target is the whole network (DINO's and
+    I-JEPA's official teachers are built without stochastic depth), whatever the online encoder's drop_path_rate."""
+    for layer in module.modules():
+        if isinstance(layer, DropPath):
+            layer.drop_prob = 0.0
+    return module
+
+
+def freeze_random_patch_projection(vit: VisionTransformer) -> None:
+    """MoCo v3's stability fix (Chen, Xie & He 2021, arXiv:2104.02057, sec. 4.2): the patch projection keeps a random
+    initialisation, uniform in +-sqrt(6 / (3 p^2 + D)) (xavier on the flattened patch), with a zero bias."""
+    projection = vit.patch_embed.proj
+    bound = (6.0 / (projection.weight[0].numel() + projection.weight.shape[0])) ** 0.5
+    with torch.no_grad():
+        projection.weight.uniform_(-bound, bound)
+        if projection.bias is not None:
+            projection.bias.zero_()
+    vit.patch_embed.requires_grad_(False)
 
 
 def set_sincos_position_embedding(vit: VisionTransformer) -> None:
@@ -195,11 +224,19 @@ def grid_of(vit: VisionTransformer, images: Tensor) -> Tuple[int, int]:
 
 
 def transformer_blocks(width: int, depth: int, heads: int, mlp_ratio: float = 4.0) -> nn.Sequential:
-    """``depth`` pre-norm transformer blocks of ``width`` (timm's ViT block: fused attention, GELU MLP), for the light
-    decoders and predictors of masked methods."""
+    """``depth`` pre-norm transformer blocks of ``width`` (timm's ViT block: fused attention, GELU MLP, LayerNorm eps
+    1e-6), for the light decoders and predictors of masked methods."""
     if width % heads:
         raise ValueError(f"width {width} does not split into {heads} attention heads")
-    return nn.Sequential(*[Block(width, heads, mlp_ratio=mlp_ratio, qkv_bias=True) for _ in range(depth)])
+    return nn.Sequential(*[Block(width, heads, mlp_ratio=mlp_ratio, qkv_bias=True, norm_layer=LayerNorm)
+                           for _ in range(depth)])
+
+
+class LayerNorm(nn.LayerNorm):
+    """The LayerNorm of MAE's and I-JEPA's decoders and predictors: eps 1e-6, as their official code and timm's ViTs."""
+
+    def __init__(self, width: int, **factory: Any) -> None:  # timm's blocks pass device and dtype
+        super().__init__(width, **{**factory, "eps": 1e-6})
 
 
 def init_like_vit(module: nn.Module) -> None:
@@ -214,6 +251,3 @@ def init_like_vit(module: nn.Module) -> None:
             nn.init.ones_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-
-def num_tokens(grid: Tuple[int, int]) -> int:
-    return math.prod(grid)

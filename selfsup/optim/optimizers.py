@@ -3,7 +3,7 @@ LightningModule, or a benchmark's peer model trained with the same recipe)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -36,13 +36,12 @@ def optimizer_and_schedule(
     optimizer: torch.optim.Optimizer
     if params.optimizer_name == "lars":
         optimizer = LARS(groups, lr=params.lr, momentum=params.momentum, eta=params.lars_eta)
-        warmup_steps = round(params.lars_warmup_epochs * total_steps / epochs)
     elif params.optimizer_name == "adamw":
         optimizer = torch.optim.AdamW(groups, lr=params.lr, betas=params.adamw_betas, foreach=True)
-        warmup_steps = round(params.lars_warmup_epochs * total_steps / epochs)
     else:
         optimizer = torch.optim.SGD(groups, lr=params.lr, momentum=params.momentum, foreach=True)
-        warmup_steps = 0
+    warmup_epochs = 0 if params.optimizer_name == "sgd" else params.lars_warmup_epochs
+    warmup_steps = round(warmup_epochs * total_steps / epochs)
     schedule = WarmupCosineSchedule(warmup_steps, total_steps, params.final_lr_schedule_value / params.lr)
     constant = WarmupCosineSchedule(0, total_steps, 1.0)
     weight_decay = (None if params.final_weight_decay is None
@@ -51,3 +50,12 @@ def optimizer_and_schedule(
         optimizer, [constant if group["constant_lr"] else schedule for group in groups], weight_decay
     )
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def gradient_clipping(params: OptimOptions, trainer_value: Optional[float],
+                      trainer_algorithm: Optional[str]) -> Tuple[Optional[float], Optional[str]]:
+    """(value, algorithm) for Lightning's ``clip_gradients``: the Trainer's clipping if it sets one, else
+    ``params.gradient_clip_norm`` as a global L2 norm (None, None: no clipping)."""
+    if trainer_value is None and params.gradient_clip_norm > 0:
+        return params.gradient_clip_norm, "norm"
+    return trainer_value, trainer_algorithm

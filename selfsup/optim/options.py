@@ -49,5 +49,8 @@ def check_optim_options(o: OptimOptions) -> None:
                                "AdamW's (set optimizer_name='adamw')")
     if o.optimizer_name == "adamw" and o.momentum != 0.9:
         fail(o, "momentum", f"is SGD's and LARS's; AdamW's momentum is adamw_betas[0] (got momentum={o.momentum})")
+    if o.final_weight_decay is not None and o.weight_decay == 0:
+        fail(o, "final_weight_decay", f"is {o.final_weight_decay} but weight_decay is 0: the schedule runs from "
+                                      "weight_decay, so set it to the start value")
     if not all(0 <= b < 1 for b in o.adamw_betas) or len(o.adamw_betas) != 2:
         fail(o, "adamw_betas", f"got {o.adamw_betas}; expected two values in [0, 1)")

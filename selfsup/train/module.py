@@ -28,7 +28,7 @@ from selfsup.eval import probes
 from selfsup.methods.steps import Progress, StepOutput, TrainingStep
 from selfsup.nn.backbones import make_encoder, use_channels_last, with_representation
 from selfsup.nn.vit import check_view_sizes
-from selfsup.optim.optimizers import optimizer_and_schedule
+from selfsup.optim.optimizers import gradient_clipping, optimizer_and_schedule
 from selfsup.train.health import (
     EMBEDDING_STD_METRIC,
     CollapseMonitor,
@@ -181,9 +181,7 @@ class SelfSupervisedMethod(pl.LightningModule):
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: Optional[float] = None,
                                     gradient_clip_algorithm: Optional[str] = None) -> None:
         """The Trainer's clipping if it sets one, else ``gradient_clip_norm`` of the params (global L2 norm)."""
-        if gradient_clip_val is None and self.params.gradient_clip_norm > 0:
-            gradient_clip_val, gradient_clip_algorithm = self.params.gradient_clip_norm, "norm"
-        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        self.clip_gradients(optimizer, *gradient_clipping(self.params, gradient_clip_val, gradient_clip_algorithm))
 
     # --- validation: a logistic-regression probe and a weighted kNN on frozen encoder embeddings ----------------------
     def validation_step(self, batch: Tuple[Tensor, Tensor], batch_idx: int) -> None:

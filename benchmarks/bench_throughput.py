@@ -246,7 +246,8 @@ def measure_preset(name: str, args: argparse.Namespace) -> Dict[str, Any]:
         "preset": name,
         "views": "+".join(f"{s[1]}px" for s in shapes),
         "online_views": len(getattr(probe.step, "online_views", [0])),
-        "target_views": len(probe.step.target.key_views) if hasattr(probe.step, "target") else 0,
+        "target_views": (len(probe.step.target.key_views) if isinstance(probe.step, JointEmbeddingStep) else 1)
+        if params.use_lagging_model else 0,
         "framework_images_per_s": args.batch_size / framework_step,
         "required_images_per_s": args.batch_size / network_step,
         "framework_step_ms": 1000 * framework_step,

@@ -398,7 +398,7 @@ def plan_rows(plan: Plan) -> List[Row]:
     rows = [Row(method, arch, precision, channels_last, False)
             for arch in plan.archs for method in METHODS for precision in PRECISIONS for channels_last in (False, True)]
     # Last, so that the time guard drops them first; the small network first, as it compiles fastest.
-    vit = [Row(method, plan.vit_arch, precision, False, False)
+    vit = [Row(method, plan.vit_arch, precision, True, False)  # channels_last: the patch projection's convolution
            for method in VIT_METHODS for precision in VIT_PRECISIONS]
     compiled = [Row(method, arch, COMPILED_PRECISION, True, True) for method in METHODS for arch in plan.archs[::-1]]
     return rows + vit + compiled[: plan.compile_rows]

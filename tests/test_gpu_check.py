@@ -24,7 +24,9 @@ def test_gpu_check_cpu_dry_run(tmp_path):
     rows = report["rows"]
     assert {(r["method"], r["arch"]) for r in rows} == {
         (method, arch) for method in ("simclr", "byol", "moco_v2") for arch in ("resnet50", "resnet18")
-    }
+    } | {("mae", "timm:vit_tiny_patch16_224"), ("dino_vit", "timm:vit_tiny_patch16_224")}
+    vit = [r for r in rows if r["arch"].startswith("timm:")]
+    assert len(vit) == 4 and all(r["status"] == "ok" for r in vit)  # float32 and bf16
     assert [r for r in rows if r["status"] == "error"] == []
     for r in rows:
         if r["precision"] == "16-mixed":

@@ -328,7 +328,7 @@ def test_the_masked_presets_train_checkpoint_resume_and_probe_from_the_command_l
     from selfsup.cli import linear, train
 
     argv = ["--preset", preset, "--dataset_name", "synthetic", "--synthetic_train_size", "32",
-            "--synthetic_val_size", "32", "--batch_size", "8", "--patch_size", "8", "--num_data_workers", "0",
+            "--synthetic_val_size", "32", "--batch_size", "8", "--patch_size", "4", "--num_data_workers", "0",
             "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", "--embedding_plot", "none",
             "--root_dir", str(tmp_path / "run"), *small]
     with warnings.catch_warnings():

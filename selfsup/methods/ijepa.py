@@ -192,6 +192,8 @@ class IJEPAStep(TrainingStep[IJEPAOutput]):
         grid_h, grid_w = vit.patch_embed.grid_size
         self.grid = (int(grid_h), int(grid_w))
         self.multiblock, self.seed = multiblock_of(o), p.seed
+        # masks that cannot be drawn on this grid fail here, before any training, not at the first step
+        self.multiblock(64, self.grid, distributed.step_generator(p.seed, 0, torch.device("cpu")))
         self.momentum_schedule = MomentumSchedule(p.m, 1.0 if p.use_momentum_schedule else p.m)
         self.predictor = predictor_of(o, vit.embed_dim, self.grid)
         self.target_encoder: VisionTransformer = without_stochastic_depth(copy.deepcopy(vit).requires_grad_(False))

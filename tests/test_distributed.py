@@ -260,7 +260,8 @@ EQUIVALENCE: Dict[str, Tuple[Callable[..., ModelParams], Dict[str, Any], Optiona
     "TiCo, gathered covariance": (TiCoParams, dict(mlp_normalization=None), False),
     "MAE, masks drawn for the global batch": (
         MAETinyParams, dict(VIT, mae_decoder_width=32, mae_decoder_depth=1, mae_decoder_heads=2), None),
-    "DINO on a ViT, gathered center": (DINOViTTinyParams, dict(VIT, num_local_crops=0, num_prototypes=16), None),
+    "DINO on a ViT, gathered center": (  # the paper's BN-free head
+        DINOViTTinyParams, dict(VIT, num_local_crops=0, num_prototypes=16, mlp_normalization=None), None),
 }
 # name: (the equivalence case it modifies, overrides that make that case per-device again)
 CONTROLS: Dict[str, Tuple[str, Dict[str, Any]]] = {

@@ -73,9 +73,10 @@ STEPS, KILLED_AT = 8, 6
 RESUME_FROM = {"epoch boundary": "epoch=0-step=4.ckpt", "mid-epoch": "step=6.ckpt"}
 
 
-def run(params: ModelParams, directory: str, ckpt_path: Any = None, kill_at: Any = None) -> pl.Trainer:
-    """Fit for 2 epochs as train.py does (seeded, atomic checkpoints at every epoch end), plus a checkpoint every 3
-    steps; returns the Trainer (its module is trainer.lightning_module)."""
+def run(params: ModelParams, directory: str, ckpt_path: Any = None, kill_at: Any = None,
+        max_epochs: int = 2) -> pl.Trainer:
+    """Fit for ``max_epochs`` (2) epochs as train.py does (seeded, atomic checkpoints at every epoch end), plus a
+    checkpoint every 3 steps; returns the Trainer (its module is trainer.lightning_module)."""
     pl.seed_everything(params.seed, verbose=False)
     model = SelfSupervisedMethod(params, backbone=None if is_timm(params.encoder_arch) else small_encoder())
     callbacks: List[pl.Callback] = [*checkpoints.checkpoint_callbacks(directory, every_n_epochs=1),
@@ -83,7 +84,7 @@ def run(params: ModelParams, directory: str, ckpt_path: Any = None, kill_at: Any
                                                     save_top_k=-1, enable_version_counter=False)]
     if kill_at is not None:
         callbacks.append(KillAtStep(kill_at))
-    trainer = cpu_trainer(max_epochs=2, limit_val_batches=0, num_sanity_val_steps=0, callbacks=callbacks,
+    trainer = cpu_trainer(max_epochs=max_epochs, limit_val_batches=0, num_sanity_val_steps=0, callbacks=callbacks,
                           enable_checkpointing=True, plugins=[checkpoints.AtomicCheckpointIO()])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Lightning's notes on small data sets and non-empty checkpoint folders
@@ -137,6 +138,17 @@ def test_resume_continues_exactly_like_the_uninterrupted_run(runs, method, point
     memory = getattr(module.step, "memory", None)
     if memory is not None:
         assert int(memory.ptr) == STEPS * 8 % module.params.K
+
+
+def test_a_run_resumed_with_more_epochs_follows_the_schedule_of_the_new_length(runs, tmp_path):
+    params = runs["moco"]["params"]
+    short = run(attr.evolve(params, max_epochs=1), str(tmp_path / "short"), max_epochs=1)
+    assert short.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)  # the end of its cosine
+    extended = run(params, str(tmp_path / "extended"), ckpt_path=str(tmp_path / "short" / "last.ckpt"),
+                   kill_at=KILLED_AT)
+    reference = torch.load(os.path.join(runs["moco"]["killed"], "step=6.ckpt"), weights_only=False)
+    assert extended.lr_scheduler_configs[0].scheduler.get_last_lr() == reference["lr_schedulers"][0]["_last_lr"]
+    assert extended.optimizers[0].param_groups[0]["lr"] > 0
 
 
 def loader_batches(params: ModelParams, workers: int, resume: Any = None) -> List[torch.Tensor]:

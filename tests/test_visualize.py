@@ -76,7 +76,10 @@ def test_the_callback_writes_the_plots_and_the_probe_curve_of_a_fit(tmp_path):
     assert [epoch for epoch, _ in plots.history["valid_knn_acc"]] == [0, 1]
     assert record.after_epochs == 2 and not record.final_is_stale(trainer)
     assert record.after == {name: values[-1][1] for name, values in plots.history.items()}
-    assert (record.classes, record.images) == (10, 48)
+    assert (record.classes, record.images, record.probed) == (10, 48, 48)
+    trainer = cpu_trainer(max_epochs=1, limit_val_batches=1, callbacks=[record])
+    trainer.validate(model, verbose=False)
+    assert (record.images, record.probed) == (48, model.hparams.batch_size)
 
 
 def test_the_probe_curve_draws_the_random_encoder_dashed():
@@ -98,6 +101,10 @@ def test_the_summary_block_compares_with_the_random_encoder():
         "  checkpoint: q.ckpt",
     ]
     assert summary.summary_block(summary.ProbeRecord(), [], "q.ckpt").startswith("what was learned: not measured")
+    record.probed = 512  # trainer.limit_val_batches: a class-sorted folder's first batches may hold one class
+    assert summary.summary_block(record, [], "q.ckpt").splitlines()[0] == (
+        "what was learned (validation set: the first 512 of 4096 images (trainer.limit_val_batches), 10 classes; "
+        "chance 10.0%):")
 
 
 def test_mae_adds_its_reconstruction_picture_to_the_plots(tmp_path):

@@ -129,8 +129,8 @@ class MultiBlock:
         raise ValueError(f"ModelParams.ijepa_context_scale: in {MAX_DRAWS} draws, {self.num_targets} target blocks of "
                          f"{target_size[0]}x{target_size[1]} patches left at most {MIN_KEEP} patches of a "
                          f"{context_size[0]}x{context_size[1]} context block on a {grid[0]}x{grid[1]} grid; take a "
-                         "larger context block, or fewer or smaller target blocks (ijepa_num_targets, "
-                         "ijepa_target_scale)")
+                         "larger context block, fewer or smaller target blocks (ijepa_num_targets, "
+                         "ijepa_target_scale), or a finer grid (a smaller patch_size or a larger image)")
 
 
 class IJEPAPredictor(nn.Module):

@@ -51,7 +51,14 @@ class LrAndWeightDecaySchedule(torch.optim.lr_scheduler.LambdaLR):
                 if group["weight_decay"] > 0:
                     group["weight_decay"] = value
 
+    # The lr lambdas and the weight-decay schedule are rebuilt from the params and the Trainer, never restored: a run
+    # resumed with a larger max_epochs follows its new schedule (LambdaLR would otherwise restore the old total steps
+    # and hold the final lr), and an exact resume rebuilds the same schedule.
     def state_dict(self) -> Dict[str, Any]:
         state = super().state_dict()
-        state.pop("weight_decay", None)  # rebuilt from the params, as the lr lambdas
+        state.pop("weight_decay", None)
+        state["lr_lambdas"] = [None] * len(self.lr_lambdas)
         return state
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        super().load_state_dict({**state_dict, "lr_lambdas": [None] * len(self.lr_lambdas)})

@@ -24,6 +24,7 @@ class ProbeRecord(pl.Callback):
         self.after_epochs = 0
         self.classes: Optional[int] = None
         self.images = 0
+        self.probed = 0
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -35,6 +36,10 @@ class ProbeRecord(pl.Callback):
         names = getattr(dataset, "classes", None)
         self.classes = len(names) if names else self.classes
         self.images = len(dataset) if dataset is not None and hasattr(dataset, "__len__") else 0
+        # limit_val_batches probes the first batches only, which for a class-sorted folder may be a single class
+        batches = trainer.num_val_batches[0] if trainer.num_val_batches else 0
+        batch_size = getattr(loader, "batch_size", None) or 0
+        self.probed = min(self.images, int(batches) * batch_size) if batch_size else self.images
         if validating_untrained(trainer):
             self.before = probed
             return
@@ -53,7 +58,9 @@ def summary_block(record: ProbeRecord, pictures: Sequence[str], checkpoint: str)
     if record.after:
         chance = f"; chance {100 / record.classes:.1f}%" if record.classes else ""
         classes = f", {record.classes} classes" if record.classes else ""
-        lines.append(f"what was learned (validation set: {record.images} images{classes}{chance}):")
+        images = (f"{record.images} images" if not 0 < record.probed < record.images else
+                  f"the first {record.probed} of {record.images} images (trainer.limit_val_batches)")
+        lines.append(f"what was learned (validation set: {images}{classes}{chance}):")
         lines.append(f"  {'':14}{'random encoder':>16}{f'after {record.after_epochs} epochs':>18}")
         for name in PROBE_METRICS:
             if name in record.after:

@@ -44,6 +44,13 @@ def float_pair(value: Any) -> Tuple[float, float]:
     return tuple(float(v) for v in value)  # type: ignore[return-value]
 
 
+def did_you_mean(value: str, candidates: Sequence[str], n: int = 1, prefix: str = "") -> str:
+    """" Did you mean 'a', 'b'?" naming the ``n`` candidates closest to ``value`` (each shown with ``prefix``), or
+    "" when none is close."""
+    close = difflib.get_close_matches(value, candidates, n=n)
+    return f" Did you mean {', '.join(repr(prefix + c) for c in close)}?" if close else ""
+
+
 def allowed_values(field: attr.Attribute) -> Optional[Tuple[Any, ...]]:
     choices = field.metadata.get(CHOICES)
     if choices is None:
@@ -75,8 +82,7 @@ def check_fields(instance: Any) -> None:
             continue
         allowed = allowed_values(field)
         if allowed is not None and value not in allowed:
-            close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(str(value), [str(a) for a in allowed])
             fail(instance, field.name,
                  f"got {value!r}; allowed values are {', '.join(repr(a) for a in allowed)}.{hint}")
         bounds = field.metadata.get(RANGE)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import warnings
+from os import PathLike
 from typing import Any, Callable
 
 import pytorch_lightning as pl
+import torch
 
 from selfsup.config import ModelParams, small_run_overrides
 from selfsup.methods import PairwiseCriterion
+from selfsup.train.module import SelfSupervisedMethod
 
 # Small enough for a CPU step in well under a second, large enough for BatchNorm and a queue.
 TINY = dict(
@@ -46,6 +49,18 @@ def cpu_trainer(**kwargs: Any) -> pl.Trainer:
         warnings.simplefilter("ignore")
         return pl.Trainer(**defaults)
 
+
+def reloaded(trainer: pl.Trainer, path: PathLike) -> SelfSupervisedMethod:
+    """The trainer's module saved as a checkpoint at ``path`` and loaded back, asserted equal to it tensor by
+    tensor."""
+    trainer.save_checkpoint(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Lightning's notes on loading a checkpoint without its Trainer
+        loaded = SelfSupervisedMethod.load_from_checkpoint(path)
+    original, restored = trainer.lightning_module.state_dict(), loaded.state_dict()
+    assert original.keys() == restored.keys()
+    assert all(torch.equal(original[k], restored[k]) for k in original)
+    return loaded
 
 
 def build_criterion(params: ModelParams) -> PairwiseCriterion:

@@ -5,12 +5,11 @@ target see, learning on a fixed batch, and a run through the Trainer with a chec
 from __future__ import annotations
 
 import math
-import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import cpu_trainer, tiny
+from helpers import cpu_trainer, reloaded, tiny
 
 from selfsup import SelfSupervisedMethod, distributed
 from selfsup.config import IJEPAParams, IJEPATinyParams, ModelParams
@@ -209,13 +208,7 @@ def test_ijepa_trains_through_the_trainer_and_its_checkpoint_round_trips(tmp_pat
     assert decay_of[id(names["step.predictor.embed.weight"])] > 0
     assert not any(name.startswith("step.target_encoder.") and id(p) in decay_of for name, p in names.items())
     assert any(not torch.equal(a, b) for a, b in zip(initial_target, model.step.target_encoder.parameters()))
-    path = tmp_path / "ijepa.ckpt"
-    trainer.save_checkpoint(path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        loaded = SelfSupervisedMethod.load_from_checkpoint(path)
-    assert loaded.state_dict().keys() == model.state_dict().keys()
-    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+    reloaded(trainer, tmp_path / "ijepa.ckpt")
 
 
 # --- settings -------------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Dict, Sequence, Set, Tuple
+from typing import Any, Dict, Sequence, Tuple
 
 import attr
 import attrs
@@ -24,19 +24,17 @@ from torch import Tensor, nn
 from selfsup import distributed
 from selfsup.methods.losses import fp32
 from selfsup.methods.method import Method
-from selfsup.methods.options import SharedParams, fail, options_of, suspicious
+from selfsup.methods.options import SharedParams, check_transformer_width, fail, options_of, suspicious
 from selfsup.methods.preset import ADAMW_VIT, NO_NEGATIVES, Preset
 from selfsup.methods.registry import register
 from selfsup.methods.steps import Progress, StepOutput, TrainingStep
 from selfsup.nn.target import MomentumSchedule, ema_update_
 from selfsup.nn.vit import (
-    LayerNorm,
+    MaskTokenTransformer,
     embed_patches,
+    encode_patches_at,
     encode_tokens,
-    init_like_vit,
     select_tokens,
-    sincos_position_embedding,
-    transformer_blocks,
     vision_transformer,
     without_stochastic_depth,
 )
@@ -133,26 +131,13 @@ class MultiBlock:
                          "ijepa_target_scale), or a finer grid (a smaller patch_size or a larger image)")
 
 
-class IJEPAPredictor(nn.Module):
+class IJEPAPredictor(MaskTokenTransformer):
     """I-JEPA's predictor: a narrow ViT over the context tokens (mapped to its width, fixed 2-D sine-cosine position
     embeddings added) and one learned mask token per target position (plus that position's embedding), mapped back
     to the encoder width at the target positions."""
 
-    position: Tensor
-
     def __init__(self, encoder_width: int, grid: Tuple[int, int], width: int, depth: int, heads: int) -> None:
-        super().__init__()
-        self.embed = nn.Linear(encoder_width, width)
-        self.mask_token = nn.Parameter(torch.zeros(width))
-        self.blocks = transformer_blocks(width, depth, heads)
-        self.norm = LayerNorm(width)
-        self.predict = nn.Linear(width, encoder_width)
-        self.register_buffer("position", sincos_position_embedding(width, *grid), persistent=False)
-        init_like_vit(self)
-        nn.init.normal_(self.mask_token, std=0.02)
-
-    def no_weight_decay(self) -> Set[str]:
-        return {"mask_token"}
+        super().__init__(encoder_width, grid, width, depth, heads, encoder_width)
 
     def forward(self, context: Tensor, context_index: Tensor, target_index: Tensor) -> Tensor:
         """Predicted representations [B, K, m, D] of the K target blocks at positions ``target_index`` [B, K, m],
@@ -218,8 +203,7 @@ class IJEPAStep(TrainingStep[IJEPAOutput]):
     def encode_context(self, encoder: nn.Module, images: Tensor, context: Tensor) -> Tensor:
         """The encoder's output tokens [B, n, D] of the context patches at positions ``context`` [B, n]."""
         vit = vision_transformer(encoder, "loss_type='ijepa'")
-        prefix, patches = embed_patches(vit, images)
-        return encode_tokens(vit, prefix, select_tokens(patches, context))[:, prefix.shape[1]:]
+        return encode_patches_at(vit, images, context)[:, vit.num_prefix_tokens:]
 
     @torch.no_grad()
     def target_representations(self, images: Tensor, targets: Tensor) -> Tensor:
@@ -333,9 +317,8 @@ class IJEPA(Method):
             bounds = getattr(o, field)
             if len(bounds) != 2 or not 0 < bounds[0] <= bounds[1] <= (1 if upper else math.inf):
                 fail(field, f"got {bounds!r}; expected (low, high) with 0 < low <= high{upper}")
-        if o.ijepa_predictor_width % o.ijepa_predictor_heads or o.ijepa_predictor_width % 4:
-            fail("ijepa_predictor_width", f"{o.ijepa_predictor_width} must be divisible by ijepa_predictor_heads "
-                                          f"({o.ijepa_predictor_heads}) and by 4 (sine-cosine position embeddings)")
+        check_transformer_width("ijepa_predictor_width", o.ijepa_predictor_width, "ijepa_predictor_heads",
+                                o.ijepa_predictor_heads)
 
     def step(self, p: SharedParams, encoder: nn.Module) -> IJEPAStep:
         return IJEPAStep(p, encoder)

@@ -7,7 +7,7 @@ their pixels. The loss is the mean squared error on the hidden patches only, aga
 
 from __future__ import annotations
 
-from typing import Any, Dict, Sequence, Set, Tuple
+from typing import Any, Dict, Sequence, Tuple
 
 import attr
 import attrs
@@ -17,22 +17,17 @@ from torch import Tensor, nn
 from selfsup import distributed
 from selfsup.methods.losses import fp32
 from selfsup.methods.method import Method
-from selfsup.methods.options import SharedParams, options_of
+from selfsup.methods.options import SharedParams, check_transformer_width, options_of
 from selfsup.methods.preset import ADAMW_VIT, NO_NEGATIVES, Preset
 from selfsup.methods.registry import register
 from selfsup.methods.steps import Progress, StepOutput, TrainingStep
 from selfsup.nn.vit import (
-    LayerNorm,
-    embed_patches,
-    encode_tokens,
+    MaskTokenTransformer,
+    encode_patches_at,
     grid_of,
-    init_like_vit,
     patch_size_of,
     patchify,
     place_tokens,
-    select_tokens,
-    sincos_position_embedding,
-    transformer_blocks,
     unpatchify,
     vision_transformer,
 )
@@ -55,36 +50,27 @@ def mae_loss(predictions: Tensor, images_as_patches: Tensor, mask: Tensor, norm_
     official code. ``mask`` [B, N] is True where a patch was hidden."""
     target = fp32(images_as_patches)
     if norm_pix_loss:
-        mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
-        target = (target - mean) / (var + 1e-6) ** 0.5
+        mean, spread = patch_mean_and_spread(target)
+        target = (target - mean) / spread
     per_patch = (fp32(predictions) - target).pow(2).mean(dim=-1)
     hidden = mask.to(per_patch.dtype)
     return (per_patch * hidden).sum() / hidden.sum()
 
 
-class MAEDecoder(nn.Module):
-    """MAE's decoder: a linear map from the encoder width, a learned mask token at every hidden position, fixed 2-D
-    sine-cosine position embeddings, transformer blocks, a LayerNorm and a linear prediction of each patch's pixels."""
+def patch_mean_and_spread(patches: Tensor) -> Tuple[Tensor, Tensor]:
+    """Each patch's pixel mean and the spread that ``norm_pix_loss`` divides by, sqrt(unbiased variance + 1e-6) as the
+    official code: [B, N, 1] each, for patches [B, N, p*p*3]."""
+    return patches.mean(dim=-1, keepdim=True), (patches.var(dim=-1, keepdim=True) + 1e-6) ** 0.5
 
-    position: Tensor
+
+class MAEDecoder(MaskTokenTransformer):
+    """MAE's decoder: the encoder's tokens mapped to the decoder width, the mask token at every hidden position, fixed
+    2-D sine-cosine position embeddings, transformer blocks, a LayerNorm and a linear prediction of each patch's
+    pixels."""
 
     def __init__(self, encoder_width: int, grid: Tuple[int, int], num_prefix_tokens: int, width: int, depth: int,
                  heads: int, patch_pixels: int) -> None:
-        super().__init__()
-        self.num_prefix_tokens = num_prefix_tokens
-        self.embed = nn.Linear(encoder_width, width)
-        self.mask_token = nn.Parameter(torch.zeros(width))
-        self.blocks = transformer_blocks(width, depth, heads)
-        self.norm = LayerNorm(width)
-        self.predict = nn.Linear(width, patch_pixels)
-        position = sincos_position_embedding(width, *grid)
-        self.register_buffer("position", torch.cat([position.new_zeros(num_prefix_tokens, width), position]),
-                             persistent=False)
-        init_like_vit(self)
-        nn.init.normal_(self.mask_token, std=0.02)
-
-    def no_weight_decay(self) -> Set[str]:
-        return {"mask_token"}
+        super().__init__(encoder_width, grid, width, depth, heads, patch_pixels, num_prefix_tokens)
 
     def forward(self, latent: Tensor, keep: Tensor) -> Tensor:
         """Pixel predictions [B, N, p*p*3] for every patch from the encoder output [B, P + n, D] (P prefix tokens,
@@ -137,10 +123,7 @@ class MAEStep(TrainingStep[MAEOutput]):
 
     def reconstruct(self, encoder: nn.Module, images: Tensor, keep: Tensor) -> Tensor:
         """Pixel predictions [B, N, p*p*3] of every patch of ``images`` from the patches at positions ``keep``."""
-        vit = vision_transformer(encoder, "loss_type='mae'")
-        prefix, patches = embed_patches(vit, images)
-        latent = encode_tokens(vit, prefix, select_tokens(patches, keep))
-        return self.decoder(latent, keep)
+        return self.decoder(encode_patches_at(vision_transformer(encoder, "loss_type='mae'"), images, keep), keep)
 
     @torch.no_grad()
     def pictures(self, encoder: nn.Module, images: Tensor) -> Dict[str, Tensor]:
@@ -150,8 +133,8 @@ class MAEStep(TrainingStep[MAEOutput]):
         predictions = self.reconstruct(encoder, images, keep)
         patches = patchify(images, self.patch)
         if self.norm_pix_loss:  # the predictions are normalized patches: give them each patch's mean and spread
-            mean, var = patches.mean(dim=-1, keepdim=True), patches.var(dim=-1, keepdim=True)
-            predictions = predictions * (var + 1e-6) ** 0.5 + mean
+            mean, spread = patch_mean_and_spread(patches)
+            predictions = predictions * spread + mean
         grid = grid_of(vision_transformer(encoder, "loss_type='mae'"), images)
         hidden = mask[..., None]
         return {
@@ -226,9 +209,7 @@ class MAE(Method):
 
     def check_options(self, p: SharedParams) -> None:
         o = options_of(p, MAEOptions)
-        if o.mae_decoder_width % o.mae_decoder_heads or o.mae_decoder_width % 4:
-            raise ValueError(f"ModelParams.mae_decoder_width: {o.mae_decoder_width} must be divisible by "
-                             f"mae_decoder_heads ({o.mae_decoder_heads}) and by 4 (sine-cosine position embeddings)")
+        check_transformer_width("mae_decoder_width", o.mae_decoder_width, "mae_decoder_heads", o.mae_decoder_heads)
 
     def step(self, p: SharedParams, encoder: nn.Module) -> MAEStep:
         return MAEStep(p, encoder)

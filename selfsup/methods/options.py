@@ -44,6 +44,14 @@ def fail(field: str, message: str) -> None:
     options.fail("ModelParams", field, message)
 
 
+def check_transformer_width(width_field: str, width: int, heads_field: str, heads: int) -> None:
+    """The width of a masked method's light transformer (MAE's decoder, I-JEPA's predictor) splits into its heads and,
+    for the 2-D sine-cosine position embeddings, into 4."""
+    if width % heads or width % 4:
+        fail(width_field, f"{width} must be divisible by {heads_field} ({heads}) and by 4 (sine-cosine position "
+                          "embeddings)")
+
+
 def suspicious(message: str) -> None:
     """Warn about a legal but suspicious ModelParams setting."""
     warnings.warn(f"Suspicious configuration: {message}", UserWarning, stacklevel=5)

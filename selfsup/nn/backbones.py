@@ -4,7 +4,6 @@ format; and the options that choose them."""
 
 from __future__ import annotations
 
-import difflib
 import functools
 from typing import Any, Callable, Optional, Tuple
 
@@ -15,7 +14,7 @@ from torch import Tensor, nn
 
 from selfsup.nn import ws_resnet
 from selfsup.nn.vit import GLOBAL_POOLS, check_timm_name, is_timm, is_timm_vit, timm_encoder
-from selfsup.options import fail, option
+from selfsup.options import did_you_mean, fail, option
 
 WS_RESNETS = ("ws_resnet18", "ws_resnet34", "ws_resnet50", "ws_resnet101", "ws_resnet152")
 
@@ -69,10 +68,8 @@ def check_encoder_options(o: EncoderOptions) -> None:
             fail(o, "use_cifar_stem", f"the CIFAR stem is a ResNet stem; {arch} has none (a ViT takes "
                                                   "small images through a small patch_size); set it to None or False")
     elif arch not in encoder_archs():
-        close = difflib.get_close_matches(arch, encoder_archs(), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
         fail(o, "encoder_arch", f"got {arch!r}; allowed values are {', '.join(repr(a) for a in encoder_archs())}, "
-                                f"or 'timm:<name>' for any timm model.{hint}")
+                                f"or 'timm:<name>' for any timm model.{did_you_mean(arch, encoder_archs())}")
     elif o.drop_path_rate:
         fail(o, "drop_path_rate", f"stochastic depth is set for timm models; {arch!r} is torchvision's")
     if not is_timm_vit(arch):

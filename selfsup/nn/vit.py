@@ -10,15 +10,16 @@ memory-efficient attention kernels on GPUs.
 
 from __future__ import annotations
 
-import difflib
 import functools
-from typing import Any, Dict, Optional, Tuple, TypeVar
+from typing import Any, Dict, Optional, Set, Tuple, TypeVar
 
 import timm
 import torch
 from timm.layers import DropPath
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
+
+from selfsup.options import did_you_mean
 
 TIMM_PREFIX = "timm:"
 GLOBAL_POOLS = ("token", "avg")
@@ -42,8 +43,7 @@ def check_timm_name(owner: str, field: str, arch: str) -> None:
     """Raise ValueError naming ``owner.field`` when ``timm:<name>`` is not a timm model."""
     name = timm_name(arch)
     if not timm.is_model(name):
-        close = difflib.get_close_matches(name, _timm_models(), n=3)
-        hint = f" Did you mean {', '.join(repr(TIMM_PREFIX + c) for c in close)}?" if close else ""
+        hint = did_you_mean(name, _timm_models(), n=3, prefix=TIMM_PREFIX)
         raise ValueError(f"{owner}.{field}: {arch!r} is not a timm model (timm.list_models() lists the "
                          f"names).{hint}")
 
@@ -187,6 +187,13 @@ def encode_tokens(vit: VisionTransformer, prefix: Tensor, patches: Tensor) -> Te
     return vit.norm(vit.blocks(x))
 
 
+def encode_patches_at(vit: VisionTransformer, images: Tensor, index: Tensor) -> Tensor:
+    """The ViT's output tokens [B, P + n, D] when it sees only the prefix tokens and the patches of ``images`` at
+    positions ``index`` [B, n] (MAE's visible patches, I-JEPA's context)."""
+    prefix, patches = embed_patches(vit, images)
+    return encode_tokens(vit, prefix, select_tokens(patches, index))
+
+
 def select_tokens(tokens: Tensor, index: Tensor) -> Tensor:
     """tokens [B, N, D] at positions index [B, n] -> [B, n, D]."""
     return tokens.gather(1, index[..., None].expand(-1, -1, tokens.shape[-1]))
@@ -239,8 +246,35 @@ class LayerNorm(nn.LayerNorm):
         super().__init__(width, **{**factory, "eps": 1e-6})
 
 
+class MaskTokenTransformer(nn.Module):
+    """The light transformer of a masked method (MAE's decoder, I-JEPA's predictor): a linear map from the encoder
+    width, a learned mask token for the hidden positions, fixed 2-D sine-cosine position embeddings (zeros for
+    ``num_prefix_tokens`` leading tokens), ``depth`` blocks, a LayerNorm and a linear map to ``out_width``; ViT
+    initialisation. Subclasses say where the tokens go in ``forward``."""
+
+    position: Tensor
+
+    def __init__(self, encoder_width: int, grid: Tuple[int, int], width: int, depth: int, heads: int, out_width: int,
+                 num_prefix_tokens: int = 0) -> None:
+        super().__init__()
+        self.num_prefix_tokens = num_prefix_tokens
+        self.embed = nn.Linear(encoder_width, width)
+        self.mask_token = nn.Parameter(torch.zeros(width))
+        self.blocks = transformer_blocks(width, depth, heads)
+        self.norm = LayerNorm(width)
+        self.predict = nn.Linear(width, out_width)
+        position = sincos_position_embedding(width, *grid)
+        self.register_buffer("position", torch.cat([position.new_zeros(num_prefix_tokens, width), position]),
+                             persistent=False)
+        init_like_vit(self)
+        nn.init.normal_(self.mask_token, std=0.02)
+
+    def no_weight_decay(self) -> Set[str]:
+        return {"mask_token"}
+
+
 def init_like_vit(module: nn.Module) -> None:
-    """ViT initialisation for a new decoder or predictor (MAE): xavier-uniform linear weights, zero biases, unit
+    """ViT initialisation for a new decoder or predictor: xavier-uniform linear weights, zero biases, unit
     LayerNorms."""
     for layer in module.modules():
         if isinstance(layer, nn.Linear):

@@ -99,6 +99,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="extra ModelParams overrides for every preset, e.g. lr=0.3 (Python literals)")
     parser.add_argument("--work-dir", default=os.path.join(REPO, "benchmarks", "results", "quality"))
+    parser.add_argument("--save-checkpoints", action="store_true",
+                        help="write each trained preset's checkpoint to <work-dir>/<preset>.ckpt (for selfsup-eval)")
     parser.add_argument("--merge", nargs="+", default=None, metavar="CSV",
                         help="train nothing: combine the bench_quality.csv files of earlier runs on the same split "
                         "into one CSV, table and plot in --work-dir (a later file's run of a preset replaces an "
@@ -254,6 +256,8 @@ def train_and_probe(
                 callbacks=[probe],
             )
             trainer.fit(module, datamodule=datamodule)
+            if args.save_checkpoints:
+                trainer.save_checkpoint(os.path.join(args.work_dir, f"{name}.ckpt"))
     minutes = (time.perf_counter() - start) / 60
     bank_embeddings, query_embeddings = probe.embeddings or probe.measure(cast(torch.nn.Module, module.model))
     (linear,) = probes.logistic_regression_accuracies(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Type, TypeVar, Union
+from typing import Any, Callable, Dict, Mapping, NoReturn, Optional, Sequence, Tuple, Type, TypeVar, Union
 
 import attr
 
@@ -67,7 +67,7 @@ def range_text(field: attr.Attribute) -> Optional[str]:
     return f"{'(' if low_open else '['}{low}, {high}]"
 
 
-def fail(owner: Any, field: str, message: str) -> None:
+def fail(owner: Any, field: str, message: str) -> NoReturn:
     """Raise ValueError("<Class>.<field>: <message>")."""
     name = owner if isinstance(owner, str) else type(owner).__name__
     raise ValueError(f"{name}.{field}: {message}")

@@ -256,6 +256,7 @@ EQUIVALENCE: Dict[str, Tuple[Callable[..., ModelParams], Dict[str, Any], Optiona
     "NT-Xent, gathered negatives": (SimCLRParams, PLAIN_HEADS, False),
     "NT-Xent, sync-BN heads": (SimCLRParams, dict(BN_HEADS, sync_batch_norm="heads"), False),
     "NT-Xent, sync-BN heads and backbone": (SimCLRParams, dict(BN_HEADS, sync_batch_norm="all"), True),
+    "NT-Xent, online linear probe": (SimCLRParams, dict(PLAIN_HEADS, online_linear_probe=True), False),
     "VICReg, gathered variance/covariance": (VICRegParams, dict(mlp_normalization=None), False),
     "TiCo, gathered covariance": (TiCoParams, dict(mlp_normalization=None), False),
     "MAE, masks drawn for the global batch": (
@@ -419,6 +420,12 @@ def test_two_processes_equal_one_process_with_the_global_batch(name, lightning, 
     assert len(references[name]["grads"]) >= 6  # backbone and head weights and biases all received gradients
     assert loss < TOLERANCE and grads < TOLERANCE
     assert max_difference(lightning[0][name]["grads"], lightning[1][name]["grads"]) == 0  # DDP: identical on ranks
+
+
+def test_the_online_probe_learns_from_the_global_batch(references):
+    # its BatchNorm's statistics and its gradient, compared with the others by the equivalence test above
+    assert {"online_probe.linear.weight", "online_probe.linear.bias"} <= references["NT-Xent, online linear probe"][
+        "grads"].keys()
 
 
 @pytest.mark.parametrize("name", list(CONTROLS))

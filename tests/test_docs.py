@@ -4,6 +4,7 @@ quickstart trains offline, and the generated parts (docs/options.md, the README'
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -13,6 +14,7 @@ from typing import List, Optional, Sequence, Tuple
 import pytest
 import torch
 
+from selfsup.cli import eval as eval_cli
 from selfsup.cli import reference, train
 from selfsup.config import ModelParams
 
@@ -22,6 +24,7 @@ DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 TRAIN_PROGRAM = (("selfsup-train",), ("python", "train.py"), ("-m", "selfsup.cli.train"))
 PROBE_PROGRAM = (("selfsup-linear",), ("python", "linear_classifier.py"))
 BLOG_PROGRAM = (("selfsup-blog",), ("python", "train_blog.py"))
+EVAL_PROGRAM = (("selfsup-eval",), ("-m", "selfsup.cli.eval"))
 
 
 def blocks(language: str, documents: Sequence[Path] = DOCUMENTS) -> List[Tuple[str, str]]:
@@ -103,6 +106,14 @@ def test_quickstart_learns_offline_and_says_what_it_learned(tmp_path, monkeypatc
     pictures = block.split("pictures: ")[1].splitlines()[0].split(", ")
     assert sorted(map(os.path.basename, pictures)) == ["final_neighbours.png", "final_tsne.png", "probe_accuracy.png"]
     assert all(os.path.getsize(p) > 0 for p in pictures)
+    # the evaluation suite's documented command on that checkpoint writes the report
+    evaluation = next(argv for argv in commands(EVAL_PROGRAM) if "runs/quickstart.ckpt" in argv)
+    report = eval_cli.main(evaluation)
+    out_dir = evaluation[evaluation.index("--out_dir") + 1]
+    assert json.loads(Path(out_dir, "eval.json").read_text()) == report
+    assert [row["checkpoint"] for row in report["rows"]] == ["runs/quickstart.ckpt", None]
+    assert report["rows"][0]["knn"][0]["top1"] > report["rows"][1]["knn"][0]["top1"]  # learned beats random
+    assert Path(out_dir, "eval.md").read_text().count("\n| ") == 2
 
 
 def test_generated_docs_match_the_code():

@@ -60,8 +60,8 @@ def test_declaring_params_imports_no_training_library():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", ["selfsup-train", "selfsup-linear", "selfsup-embed", "selfsup-shards",
-                                     "selfsup-blog"])
+@pytest.mark.parametrize("command", ["selfsup-train", "selfsup-linear", "selfsup-eval", "selfsup-embed",
+                                     "selfsup-shards", "selfsup-blog"])
 def test_console_commands_are_installed(command):
     path = shutil.which(command)
     assert path is not None, f"{command} is not on PATH: pip install -e . (requirements.txt) installs it"

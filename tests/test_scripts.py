@@ -15,7 +15,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = sorted(path for path in (ROOT / "benchmarks").glob("*.py")
                  if 'if __name__ == "__main__":' in path.read_text())
-COMMANDS = {"selfsup-train": "train", "selfsup-linear": "linear", "selfsup-embed": "embed",
+COMMANDS = {"selfsup-train": "train", "selfsup-linear": "linear", "selfsup-eval": "eval", "selfsup-embed": "embed",
             "selfsup-shards": "shards", "selfsup-blog": "blog"}
 
 

@@ -18,7 +18,9 @@ from selfsup import methods
 from selfsup.config.base import ModelParamsBase
 from selfsup.config.params import ModelParams
 from selfsup.config.presets import PRESET_SPECS
+from selfsup.eval.finetune import FineTuneOptions
 from selfsup.eval.linear import LinearClassifierMethodParams, ProbeOptions
+from selfsup.eval.suite import SuiteOptions
 from selfsup.options import HELP, allowed_values, option_groups, range_text
 
 MAX_LISTED_CHOICES = 12
@@ -78,6 +80,20 @@ def options_markdown() -> str:
         "with ModelParams (`from_moco_checkpoint` takes them from the checkpoint); its own fields:",
         "",
         *_table(probe_fields),
+        "",
+        "## FineTuneParams",
+        "",
+        "Fine-tuning (`selfsup-eval --protocols finetune`, `selfsup.eval.finetune.FineTuneMethod`) shares the same",
+        "groups; its own fields:",
+        "",
+        *_table(attr.fields(FineTuneOptions)),
+        "",
+        "## SuiteOptions",
+        "",
+        "The evaluation suite's own flags (`selfsup-eval`; it also takes the linear probe's, fine-tuning's and the",
+        "Data source fields):",
+        "",
+        *_table(attr.fields(SuiteOptions)),
     ]
     return "\n".join(lines) + "\n"
 

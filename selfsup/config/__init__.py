@@ -11,7 +11,7 @@ from selfsup.config.recipes import describe_overrides, short_run_overrides, smal
 from selfsup.data.sources import DataSourceOptions
 from selfsup.data.views import ViewOptions
 from selfsup.distributed.options import DistributedOptions
-from selfsup.methods.options import LongRunOptions, MethodOptions, SharedParams
+from selfsup.methods.options import LongRunOptions, MethodOptions, OnlineProbeOptions, SharedParams
 from selfsup.nn.backbones import EncoderOptions
 from selfsup.nn.heads import HeadOptions, PrototypeOptions
 from selfsup.optim.options import OptimOptions
@@ -19,7 +19,7 @@ from selfsup.options import build_attrs, option
 
 __all__ = [
     "DataSourceOptions", "DistributedOptions", "EncoderOptions", "HeadOptions", "LongRunOptions", "MethodOptions",
-    "ModelParams", "OptimOptions", "PrototypeOptions", "SharedParams", "ViewOptions", "build_attrs",
-    "describe_overrides", "option", "preset_function", "short_run_overrides", "small_run_overrides",
+    "ModelParams", "OnlineProbeOptions", "OptimOptions", "PrototypeOptions", "SharedParams", "ViewOptions",
+    "build_attrs", "describe_overrides", "option", "preset_function", "short_run_overrides", "small_run_overrides",
 ]
 __all__ += presets.__all__  # the form type checkers follow

@@ -29,9 +29,10 @@ from typing import Any, Callable, Optional, Tuple
 
 import attr
 import attrs
+import numpy as np
 import torchvision
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, TensorDataset
 
 from selfsup.data.decode import EncodedFileDataset
 from selfsup.data.files import (
@@ -46,7 +47,7 @@ from selfsup.data.files import (
     require_dir,
 )
 from selfsup.data.synthetic import SYNTHETIC_CLASSES, SYNTHETIC_MEAN, SYNTHETIC_STD, SyntheticShapes
-from selfsup.data.views import EVAL_CENTER_CROP_FRACTION, build_eval_transform
+from selfsup.data.views import EVAL_CENTER_CROP_FRACTION, build_eval_transform, build_finetune_transform
 from selfsup.options import option
 
 DatasetPair = Tuple[Dataset, Dataset]  # (train, validation or test)
@@ -161,6 +162,14 @@ def eval_transform(source: DataSourceOptions, info: Optional[DatasetInfo] = None
     return build_eval_transform(crop_size(source, info), info.small_images, info.mean, info.std)
 
 
+def finetune_transform(source: DataSourceOptions, info: Optional[DatasetInfo] = None
+                       ) -> Callable[[Image.Image], Any]:
+    """The supervised training augmentation of the dataset (views.build_finetune_transform at its crop and
+    normalization)."""
+    info = info or dataset_info(source)
+    return build_finetune_transform(crop_size(source, info), info.small_images, info.mean, info.std)
+
+
 def _torchvision_dataset(source: DataSourceOptions, split: str, transform: Callable[[Image.Image], Any]) -> Dataset:
     """A torchvision dataset, downloaded when absent; a failed download explains how to provide the files."""
     name = source.dataset_name
@@ -252,3 +261,25 @@ def pretrain_datasets(source: DataSourceOptions, train_transform: Callable[[Imag
 def eval_datasets(source: DataSourceOptions) -> DatasetPair:
     """(labelled train, labelled test) for the linear probe, both through :func:`eval_transform`."""
     return _split_datasets(source, eval_transform(source), labeled=True)
+
+
+def finetune_datasets(source: DataSourceOptions) -> DatasetPair:
+    """(labelled train through :func:`finetune_transform`, labelled test through :func:`eval_transform`): the splits
+    of :func:`eval_datasets`, for training the whole encoder."""
+    return _split_datasets(source, finetune_transform(source), labeled=True)
+
+
+def dataset_labels(dataset: Dataset) -> np.ndarray:
+    """The label of every item of ``dataset`` (int64 [N]), read without loading images where the dataset knows them
+    (image folders, synthetic images, torchvision's CIFAR-10 and STL-10, tensors); otherwise by iterating it."""
+    if isinstance(dataset, ImageFileDataset):
+        return np.array([label for _, label in dataset.samples], dtype=np.int64)
+    if isinstance(dataset, SyntheticShapes):
+        return np.arange(len(dataset), dtype=np.int64) % len(SYNTHETIC_CLASSES)
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[1].numpy().astype(np.int64)
+    for attribute in ("targets", "labels"):  # CIFAR10, STL10
+        known = getattr(dataset, attribute, None)
+        if known is not None:
+            return np.asarray(known, dtype=np.int64)
+    return np.array([int(label) for _, label in dataset], dtype=np.int64)  # type: ignore[attr-defined]

@@ -188,6 +188,20 @@ def build_eval_transform(crop: int, small_images: bool, mean: Sequence[float], s
     return T.Compose([T.Resize(side), T.CenterCrop(crop), T.ToTensor(), T.Normalize(mean, std)])
 
 
+def build_finetune_transform(crop: int, small_images: bool, mean: Sequence[float], std: Sequence[float]
+                             ) -> Callable[[Image.Image], Tensor]:
+    """The usual supervised training augmentation: for small images (CIFAR) the image resized to the crop, a random
+    crop of it padded by crop/8 px (4 px at 32 px, as the CIFAR ResNets; reflected rather than zero borders) and a
+    horizontal flip; for larger ones a random resized crop (area 8-100%) and a flip (the ImageNet recipe). Then
+    normalize."""
+    if small_images:
+        steps: List[Callable[..., Any]] = [T.Resize(crop), T.CenterCrop(crop),
+                                           T.RandomCrop(crop, padding=max(1, crop // 8), padding_mode="reflect")]
+    else:
+        steps = [T.RandomResizedCrop(crop, scale=(0.08, 1.0))]
+    return T.Compose([*steps, T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
+
+
 def build_stored_image_transform(side: int) -> Callable[[Image.Image], Tensor]:
     """PIL RGB image -> uint8 [3, side, side]: the shorter side resized to ``side``, the centre square kept. No
     randomness: the views are made from the batch by batched.BatchedViews."""

@@ -14,6 +14,9 @@ from torch import Tensor
 
 KNN_K = 200  # neighbours per query (InstDisc, lightly's benchmarks); capped at the bank size
 KNN_TEMPERATURE = 0.1  # neighbour weight exp(cosine / KNN_TEMPERATURE)
+LOGISTIC_MAX_ITER = 1000
+LOGISTIC_REGRESSION = (f"scikit-learn LogisticRegression (L-BFGS, C=1, max_iter {LOGISTIC_MAX_ITER}) on standardized "
+                       "features")
 KNN_QUERY_CHUNK = 1024  # queries scored at once: bounds the [queries, bank] similarity matrix in memory
 
 
@@ -47,7 +50,7 @@ def logistic_regression_accuracies(
     """A logistic regression (a linear probe) fit on standardized features ``fit`` = (x [N, D], y [N]); its accuracy
     in percent on each (x, y) of ``evaluate``."""
     scaler = StandardScaler().fit(fit[0])
-    classifier = LogisticRegression(max_iter=1000).fit(scaler.transform(fit[0]), fit[1])
+    classifier = LogisticRegression(max_iter=LOGISTIC_MAX_ITER).fit(scaler.transform(fit[0]), fit[1])
     return [100.0 * classifier.score(scaler.transform(x), y) for x, y in evaluate]
 
 

@@ -1,6 +1,6 @@
 """The fields every method may read (:class:`SharedParams`: the encoder, data, view, head, optimization,
-distributed and long-run groups plus :class:`MethodOptions`), the table of registered ``loss_type`` names, and the
-errors and warnings of a ModelParams field.
+distributed, long-run and online-probe groups plus :class:`MethodOptions`), the table of registered ``loss_type``
+names, and the errors and warnings of a ModelParams field.
 
 A method reads these fields and its own option group (``Method.options``); ``selfsup.config.ModelParams`` is
 SharedParams plus the option group of every registered method, so the fields a method reads are all in it.
@@ -9,7 +9,7 @@ SharedParams plus the option group of every registered method, so the fields a m
 from __future__ import annotations
 
 import warnings
-from typing import Any, Dict, Tuple, Type, TypeVar
+from typing import Any, Dict, NoReturn, Tuple, Type, TypeVar
 
 import attrs
 
@@ -39,7 +39,7 @@ def canonical_loss_type(name: Any) -> Any:
     return LOSS_TYPE_NAMES.get(name, name) if isinstance(name, str) else name
 
 
-def fail(field: str, message: str) -> None:
+def fail(field: str, message: str) -> NoReturn:
     """Raise the ValueError of an impossible ModelParams setting."""
     options.fail("ModelParams", field, message)
 
@@ -101,9 +101,24 @@ class LongRunOptions:
     collapse_patience_steps: int = option(100, "... for this many consecutive steps (0 as the fraction: off)", low=1)
 
 
+@attrs.frozen(kw_only=True, slots=False)
+class OnlineProbeOptions:
+    """Online linear probe"""
+
+    online_linear_probe: bool = option(False, "train a linear classifier on the detached, standardized encoder "
+                                              "features of the first view in every step, by its own SGD (the "
+                                              "encoder trains exactly as without it); logs online_linear_acc "
+                                              "(validation) and step_online_linear_acc (training batches); needs "
+                                              "labels (images labelled -1 are left out)")
+    online_linear_lr: float = option(0.1, "learning rate of the online linear probe's SGD (momentum 0.9, no weight "
+                                          "decay, constant: the probe follows the features as they change)", low=0,
+                                     low_open=True)
+
+
 # attrs puts the fields of the last base first: the groups are listed last to first.
 @attrs.frozen(kw_only=True, slots=False)
 class SharedParams(
+    OnlineProbeOptions,
     LongRunOptions,
     DistributedOptions,
     OptimOptions,
@@ -114,5 +129,5 @@ class SharedParams(
     DataSourceOptions,
     EncoderOptions,
 ):
-    """The fields of ModelParams that are not a method's own: every method may read them (the long-run options are
-    the training loop's), and its own fields come from its option group."""
+    """The fields of ModelParams that are not a method's own: every method may read them (the long-run and
+    online-probe options are the training loop's), and its own fields come from its option group."""

@@ -41,6 +41,9 @@ class StepOutput:
     metrics: Dict[str, Tensor]  # detached 0-d tensors: logged, and checked to be finite by the loss guard
     schedule: Dict[str, float]  # the step's scheduled values (EMA momentum, temperature), logged
     embedding: Optional[Tensor]  # [B, d] embeddings whose spread over the batch the collapse monitor watches
+    # [B, embedding_dim] encoder embeddings of a whole view, rows in the order of the labels, with their graph (the
+    # online linear probe detaches them); None from a step without whole_view_features
+    features: Optional[Tensor] = attr.ib(default=None, kw_only=True)
 
 
 Output = TypeVar("Output", bound=StepOutput)
@@ -55,6 +58,9 @@ class TrainingStep(nn.Module, Generic[Output]):
     """
 
     embedding_width: Optional[int] = None  # width d of StepOutput.embedding; None: no collapse monitor
+    # whether StepOutput.features holds the encoder's embeddings of a whole view, which the online linear probe
+    # needs; a step must say so (a masked-image step, MAE's or I-JEPA's, encodes only some patches of its view)
+    whole_view_features: bool = False
 
     def forward(self, encoder: nn.Module, views: Sequence[Tensor], labels: Tensor, progress: Progress) -> Output:
         raise NotImplementedError
@@ -135,6 +141,8 @@ class JointEmbeddingStep(TrainingStep[JointStepOutput]):
     it in every call and copies it only for an EMA target.
     """
 
+    whole_view_features = True
+
     def __init__(self, p: SharedParams, encoder: nn.Module, method: JointEmbeddingMethod) -> None:
         super().__init__()
         # DINO's prototype layer ends the projection head, so the teacher's EMA covers it; SwAV's prototypes belong
@@ -174,18 +182,22 @@ class JointEmbeddingStep(TrainingStep[JointStepOutput]):
 
     def forward(self, encoder: nn.Module, views: Sequence[Tensor], labels: Tensor,
                 progress: Progress) -> JointStepOutput:
-        projections = self._online_projections(encoder, views)
+        features, projections = self._online_projections(encoder, views)
         queries = self._queries(projections)
         keys = [None if k is None else self.normalize(k) for k in self.target(views, projections)]
         step = PairStep(queries, keys, None if self.memory is None else self.memory.read(), labels)
         out = self.criterion(*step)
         schedule = {"m": self.momentum_schedule(progress.global_step, progress.total_steps), "T": self.temperature}
-        return JointStepOutput(out.loss, out.metrics, schedule, projections[self.query_views[0]], step, out)
+        return JointStepOutput(out.loss, out.metrics, schedule, projections[self.query_views[0]], step, out,
+                               features=features)
 
-    def _online_projections(self, encoder: nn.Module, views: Sequence[Tensor]) -> List[Optional[Tensor]]:
+    def _online_projections(self, encoder: nn.Module,
+                            views: Sequence[Tensor]) -> Tuple[Tensor, List[Optional[Tensor]]]:
+        """(the encoder's embeddings of the first view the online network sees, the online projections of each
+        view)."""
         embeddings = encode_views(encoder, [views[i] for i in self.online_views])
         projections = self.projection(torch.cat(embeddings)).chunk(len(self.online_views))
-        return _place(self.online_views, projections, len(views))
+        return embeddings[0], _place(self.online_views, projections, len(views))
 
     def _queries(self, projections: Sequence[Optional[Tensor]]) -> List[Optional[Tensor]]:
         z = torch.cat([projections[i] for i in self.query_views])  # type: ignore[misc]

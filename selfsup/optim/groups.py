@@ -21,9 +21,11 @@ def parameter_groups(
     exclude_name_substrings: Sequence[str],
     exclude_bias_and_norm: bool,
     constant_lr_modules: Sequence[nn.Module] = (),
+    separate_modules: Sequence[nn.Module] = (),
 ) -> List[Dict[str, Any]]:
     """Optimizer groups: "regular" (LARS scaling, weight decay) and "excluded" (neither), each split off again for
-    parameters of ``constant_lr_modules`` (flag ``constant_lr``: the learning-rate schedule leaves them alone).
+    parameters of ``constant_lr_modules`` (flag ``constant_lr``: the learning-rate schedule leaves them alone). The
+    parameters of ``separate_modules`` (trained by an optimizer of their own: the online linear probe) are in none.
 
     A parameter is excluded when its name contains one of ``exclude_name_substrings`` or, with
     ``exclude_bias_and_norm``, when it is a bias, belongs to a normalization layer (chosen by module type, so
@@ -36,7 +38,8 @@ def parameter_groups(
     groups: Dict[Tuple[bool, bool], List[nn.Parameter]] = {
         key: [] for key in itertools.product((False, True), (False, True))
     }
-    named = named_parameters_with_owner(module)
+    separate_ids = {id(p) for m in separate_modules for p in m.parameters()}
+    named = [entry for entry in named_parameters_with_owner(module) if id(entry[1]) not in separate_ids]
     tokens = no_weight_decay_names(module)
     for name, parameter, owner in named:
         by_name = any(sub in name for sub in exclude_name_substrings)

@@ -22,16 +22,19 @@ def optimizer_and_schedule(
     total_steps: int,
     epochs: int,
     constant_lr_modules: Sequence[nn.Module] = (),
+    separate_modules: Sequence[nn.Module] = (),
 ) -> OptimizerLRSchedulerConfig:
     """SGD, LARS or AdamW over ``module``'s parameter groups with a per-step cosine schedule of ``total_steps`` steps
     (after ``params.lars_warmup_epochs`` of linear warmup for LARS and AdamW), and a cosine weight-decay schedule to
-    ``params.final_weight_decay`` if set; ``constant_lr_modules`` keep their lr."""
+    ``params.final_weight_decay`` if set; ``constant_lr_modules`` keep their lr, ``separate_modules`` (trained by an
+    optimizer of their own) are left out."""
     groups = parameter_groups(
         module,
         params.weight_decay,
         params.exclude_matching_parameters_from_lars,
         params.exclude_bias_and_norm_from_lars,
         constant_lr_modules=constant_lr_modules,
+        separate_modules=separate_modules,
     )
     optimizer: torch.optim.Optimizer
     if params.optimizer_name == "lars":

@@ -7,6 +7,9 @@ the target network, what it remembers and its criterion). ``training_step`` runs
     loss = step(encoder, views)                     # the method's pseudocode, e.g. methods.steps.JointEmbeddingStep
     after the backward pass: step.after_backward    # the state the method keeps across steps
     after the optimizer step: step.after_optimizer_step   # the EMA target
+
+With ``online_linear_probe`` a linear classifier (eval.online) learns alongside from the step's detached features,
+by its own optimizer: its loss joins the method's in the one backward pass but reaches no weight of the method.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from selfsup import data, distributed
 from selfsup.config.build import make_params, warn_fields_added_since
 from selfsup.config.params import ModelParams
 from selfsup.eval import probes
+from selfsup.eval.online import OnlineProbe, online_probe
 from selfsup.methods.steps import Progress, StepOutput, TrainingStep
 from selfsup.nn.backbones import make_encoder, use_channels_last, with_representation
 from selfsup.nn.vit import check_view_sizes
@@ -41,7 +45,8 @@ from selfsup.train.progress import Throughput
 from selfsup.train.resume import ResumeState
 
 Batch = Tuple[Sequence[Tensor], Tensor]
-ENCODER, STEP = "model.", "step."  # the checkpoint prefixes of the encoder and of the method's step
+# the checkpoint prefixes of the encoder, of the method's step and of the online linear probe
+ENCODER, STEP, PROBE = "model.", "step.", "online_probe."
 
 
 class SelfSupervisedMethod(pl.LightningModule):
@@ -53,8 +58,9 @@ class SelfSupervisedMethod(pl.LightningModule):
     ``view_transforms`` (callables PIL -> Tensor, one for all views or one per view) and ``train_dataset`` /
     ``val_dataset`` (instead of dataset_name; train items are (views, label), validation items (image, label)).
 
-    Public attributes: ``model`` (encoder) and ``step`` (the method's training step, built by its registered
-    ``Method.step``). ``model(x)`` / ``self(x)`` returns encoder embeddings [B, embedding_dim].
+    Public attributes: ``model`` (encoder), ``step`` (the method's training step, built by its registered
+    ``Method.step``) and ``online_probe`` (eval.online: the online linear probe, or a NoProbe). ``model(x)`` /
+    ``self(x)`` returns encoder embeddings [B, embedding_dim].
     """
 
     def __init__(
@@ -84,6 +90,7 @@ class SelfSupervisedMethod(pl.LightningModule):
         if params.channels_last:
             use_channels_last(self.model)
         self.step: TrainingStep[Any] = params.method.step(params, self.model)
+        self.online_probe: OnlineProbe = online_probe(params, self.step, self.pipeline.info.num_classes)
 
         self._step_output: Optional[StepOutput] = None  # this step's output, for the hooks after the backward pass
         self._total_steps = 1  # optimizer steps of the whole run, known once the Trainer is attached
@@ -112,6 +119,7 @@ class SelfSupervisedMethod(pl.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> Dict[str, Any]:
         views, labels = batch
         out = self.step(self.model, views, labels, Progress(self.trainer.global_step, self._total_steps))
+        probe_loss, probe_metrics = self.online_probe(out.features, labels)  # on detached features
         self._step_output = out
         batch_size = views[0].shape[0]
         metrics = {"step_train_loss": out.loss.detach(), **out.metrics}
@@ -122,8 +130,11 @@ class SelfSupervisedMethod(pl.LightningModule):
                       batch_size=batch_size)
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True, batch_size=batch_size)
         self.log_dict(out.schedule, batch_size=batch_size)
+        # logged, but not among the step's outputs: the health checks watch the method, and a probe that diverged
+        # stops nothing
+        self.log_dict(probe_metrics, batch_size=batch_size)
         # the metrics go to the callbacks (non-finite loss guard, collapse monitor) as the step's outputs
-        return {"loss": out.loss, "metrics": metrics}
+        return {"loss": out.loss + probe_loss, "metrics": metrics}
 
     def on_after_backward(self) -> None:
         # The step's state updates run as soon as the loss no longer reads it, and thus before any callback's
@@ -131,6 +142,12 @@ class SelfSupervisedMethod(pl.LightningModule):
         out, self._step_output = self._step_output, None
         if out is not None:
             self.step.after_backward(out, self.current_epoch)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # The probe's step, after the backward pass of each real step (so that gradient accumulation adds up its
+        # gradient too) and before the main step, whose GradScaler (16-bit mixed precision) then still holds the
+        # scale of this backward pass.
+        self.online_probe.step(getattr(self.trainer.precision_plugin, "scaler", None))
 
     def on_train_epoch_start(self) -> None:
         self.step.set_epoch(self.current_epoch)
@@ -152,14 +169,18 @@ class SelfSupervisedMethod(pl.LightningModule):
         return [ResumeState(), NonFiniteLossGuard(), *monitor, Throughput()]
 
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
-        check_finite_state(checkpoint["state_dict"], self.trainer)
+        method_state = {key: value for key, value in checkpoint["state_dict"].items() if not key.startswith(PROBE)}
+        check_finite_state(method_state, self.trainer)
+        self.online_probe.on_save_checkpoint(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         warn_fields_added_since(self.params, checkpoint.get("hyper_parameters", {}), "the checkpoint")
+        self.online_probe.on_load_checkpoint(checkpoint)
 
     def _load_from_state_dict(self, state_dict: Dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         # Checkpoints written before the method's step was a module of its own hold its parts at the top level.
-        for key in [k for k in state_dict if k.startswith(prefix) and not k[len(prefix):].startswith((ENCODER, STEP))]:
+        own = (ENCODER, STEP, PROBE)
+        for key in [k for k in state_dict if k.startswith(prefix) and not k[len(prefix):].startswith(own)]:
             state_dict[prefix + STEP + key[len(prefix):]] = state_dict.pop(key)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
@@ -176,14 +197,15 @@ class SelfSupervisedMethod(pl.LightningModule):
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         self._total_steps = int(self.trainer.estimated_stepping_batches)
         epochs = self.trainer.max_epochs if self.trainer.max_epochs not in (None, -1) else self.params.max_epochs
-        return optimizer_and_schedule(self, self.params, self._total_steps, epochs, self.step.constant_lr_modules())
+        return optimizer_and_schedule(self, self.params, self._total_steps, epochs, self.step.constant_lr_modules(),
+                                      separate_modules=[self.online_probe])
 
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: Optional[float] = None,
                                     gradient_clip_algorithm: Optional[str] = None) -> None:
         """The Trainer's clipping if it sets one, else ``gradient_clip_norm`` of the params (global L2 norm)."""
         self.clip_gradients(optimizer, *gradient_clipping(self.params, gradient_clip_val, gradient_clip_algorithm))
 
-    # --- validation: a logistic-regression probe and a weighted kNN on frozen encoder embeddings ----------------------
+    # --- validation: a logistic-regression probe, a weighted kNN and the online probe on frozen encoder embeddings ----
     def validation_step(self, batch: Tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
         self._validation_outputs.append((self.model(x).detach(), y))
@@ -203,6 +225,9 @@ class SelfSupervisedMethod(pl.LightningModule):
         knn = probes.half_split_knn_accuracy(embeddings, labels, seed)
         if knn is not None:
             self.log("valid_knn_acc", knn, sync_dist=False)
+        online = self.online_probe.accuracy(embeddings, labels)
+        if online is not None:
+            self.log("online_linear_acc", online, sync_dist=False)
 
     # --- data: the PretrainingDataModule's hooks ------------------------------------------------------------------
     def prepare_data(self) -> None:

@@ -4,6 +4,8 @@ selfsup-eval, and the errors it raises before any work."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -301,3 +303,21 @@ def test_documented_eval_commands_parse():
     assert found
     for argv in found:
         eval_cli.build_parser().parse_args(eval_cli.migrate(argv))
+
+
+@pytest.mark.slow
+def test_selfsup_eval_under_ddp_writes_one_report_with_the_frozen_feature_numbers_of_one_process(tmp_path):
+    checkpoint = pretrained(tmp_path / "a.ckpt")
+    argv = ["--checkpoint", str(checkpoint), "--protocols", "knn", "linear", "finetune", "lowshot", *QUICK,
+            "--synthetic_train_size", "64", "--synthetic_val_size", "32"]
+    single = eval_cli.main([*argv, "--out_dir", str(tmp_path / "one")])
+    out = tmp_path / "two"
+    done = subprocess.run([sys.executable, "-m", "selfsup.cli.eval", *argv, "--out_dir", str(out),
+                           "--trainer.devices", "2", "--trainer.strategy", "ddp"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "MEMBER: 2/2" in done.stderr + done.stdout
+    assert (done.stdout + done.stderr).count("| a.ckpt |") == 1  # printed by global rank 0 only
+    (row,) = read_report(out)["rows"]
+    assert row["knn"] == single["rows"][0]["knn"] and row["lowshot"] == single["rows"][0]["lowshot"]
+    assert 0 <= row["linear"]["top1"] <= 100 and 0 <= row["finetune"]["top1"] <= 100

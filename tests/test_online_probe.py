@@ -19,6 +19,7 @@ from test_data import rgb, save
 from test_resume import KILLED_AT, STEPS, assert_equal_states, run, small_encoder, state_of
 
 from selfsup.config import BYOLParams, IJEPATinyParams, MAETinyParams, ModelParams
+from selfsup.eval import online
 from selfsup.eval.linear import LinearClassifierMethod
 from selfsup.eval.online import OnlineLinearProbe
 from selfsup.train.module import ENCODER, SelfSupervisedMethod
@@ -107,6 +108,31 @@ def test_unlabeled_rows_add_nothing_to_the_loss_and_the_accuracy():
     assert float(loss.detach()) == 0.0 and all(bool(torch.isfinite(v)) for v in metrics.values())
     assert all(bool((p.grad == 0).all()) for p in probe.parameters())
     assert probe.accuracy(features, torch.full((6,), -1)) is None
+
+
+def test_processes_with_different_labelled_counts_average_to_the_global_batch_gradient(monkeypatch):
+    # Two processes hold 3 and 1 labelled images of 4: DDP's average of their gradients must be the gradient of the
+    # mean loss over the 4 labelled images of the global batch (in eval mode, so the BatchNorm's statistics are the
+    # same for one batch or two).
+    generator = torch.Generator().manual_seed(0)
+    probe = OnlineLinearProbe(4, 3, lr=0.1).eval()
+    with torch.no_grad():
+        probe.linear.weight.copy_(torch.randn(3, 4, generator=generator))
+    features = torch.randn(8, 4, generator=generator)
+    labels = torch.tensor([0, 2, -1, 1, -1, -1, 2, -1])
+    halves = [(features[:4], labels[:4]), (features[4:], labels[4:])]
+    counts = torch.tensor([float((y >= 0).sum()) for _, y in halves])
+    monkeypatch.setattr(online.distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(online.distributed, "all_reduce_sum", lambda count: counts.sum())
+    averaged = []
+    for x, y in halves:
+        probe.zero_grad()
+        probe(x, y)[0].backward()
+        averaged.append(probe.linear.weight.grad.clone())
+    monkeypatch.undo()
+    probe.zero_grad()
+    probe(features, labels)[0].backward()
+    torch.testing.assert_close((averaged[0] + averaged[1]) / 2, probe.linear.weight.grad)
 
 
 def test_under_a_grad_scaler_the_probe_steps_on_the_unscaled_gradient_and_skips_an_overflow():

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.amp import GradScaler
 
+from selfsup import distributed
 from selfsup.data.files import UNLABELED
 from selfsup.distributed import SyncBatchNorm
 from selfsup.methods.losses import fp32
@@ -49,16 +50,25 @@ class OnlineLinearProbe(nn.Module):
         return self.linear(self.normalize(embeddings.detach().to(self.linear.weight.dtype)))
 
     def forward(self, features: Optional[Tensor], labels: Tensor) -> Tuple[Tensor, Metrics]:
-        """(the mean cross-entropy over the rows of ``features`` [B, embedding_dim] labelled other than -1, 0 without
-        any; the metrics of the step: that loss and the top-1 accuracy in percent on those rows, detached)."""
+        """(the loss whose gradient, averaged over processes, is that of the mean cross-entropy over the rows of the
+        global batch labelled other than -1 (0 without any; in one process: the mean over the rows of ``features``
+        [B, embedding_dim]); the metrics of the step: this process's mean cross-entropy and top-1 accuracy in percent
+        on its labelled rows, detached)."""
         if features is None:
             raise ValueError("online_linear_probe: the method's step declares whole_view_features but returned no "
                              "StepOutput.features")
         logits = self.logits(features)
-        count = (labels != UNLABELED).sum().clamp(min=1)
-        loss = F.cross_entropy(fp32(logits), labels, ignore_index=UNLABELED, reduction="sum") / count
+        labelled = (labels != UNLABELED).sum()
+        summed = F.cross_entropy(fp32(logits), labels, ignore_index=UNLABELED, reduction="sum")
+        # DDP averages the processes' gradients: dividing by the mean labelled count over processes (not this
+        # process's) makes that average the gradient of the global batch's mean loss, however the labelled images
+        # (STL-10's are mixed with unlabeled ones) fall on the processes
+        mean_count = distributed.all_reduce_sum(labelled.float()) / distributed.world_size()
+        loss = summed / mean_count.clamp(min=1)
+        count = labelled.clamp(min=1)
         accuracy = 100.0 * (logits.argmax(dim=1) == labels).sum() / count  # a label -1 matches no class
-        return loss, {"step_online_linear_loss": loss.detach(), "step_online_linear_acc": accuracy.detach()}
+        metrics = {"step_online_linear_loss": summed.detach() / count, "step_online_linear_acc": accuracy.detach()}
+        return loss, metrics
 
     def step(self, scaler: Optional[GradScaler]) -> None:
         """One SGD step on the gradient accumulated since the last one, which it then drops. Under 16-bit mixed

@@ -264,6 +264,17 @@ def test_selfsup_eval_transfers_to_another_image_folder(tmp_path):
     assert "(k=21)" in (out / "eval.md").read_text()
 
 
+def test_lowshot_fine_tunes_each_seed_subset_when_asked(tmp_path):
+    checkpoint = pretrained(tmp_path / "a.ckpt")
+    out = tmp_path / "eval"
+    report = eval_cli.main(["--checkpoint", str(checkpoint), "--protocols", "lowshot", "--lowshot_finetune", "true",
+                            "--lowshot_seeds", "0", "1", "--out_dir", str(out), *QUICK, "--label_fractions", "0.5",
+                            "--synthetic_train_size", "64", "--synthetic_val_size", "32"])
+    (entry,) = report["rows"][0]["lowshot"]
+    assert entry["seeds"] == [0, 1] and len(entry["finetune"]["values"]) == 2 and len(entry["logistic"]["values"]) == 2
+    assert "50% fine-tune" in (out / "eval.md").read_text()
+
+
 def test_bad_input_is_named_before_any_work(tmp_path):
     checkpoint = pretrained(tmp_path / "a.ckpt")
     foreign = tmp_path / "foreign.ckpt"

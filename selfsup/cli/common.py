@@ -95,15 +95,16 @@ def migrate_argv(argv: Sequence[str], cls: type) -> List[str]:
             values.append(words[i])
             i += 1
         if origin in (tuple, list) and (len(values) != 1 or not values[0].startswith("[")):
-            out.append(json.dumps([_number_or_text(v) for v in values]))
+            integers = int in typing.get_args(hints[name])  # e.g. Tuple[int, ...]: 0 stays 0, not 0.0
+            out.append(json.dumps([_number_or_text(v, integers) for v in values]))
         else:
             out += ["null" if v.lower() == "none" else v for v in values]
     return out
 
 
-def _number_or_text(text: str) -> Any:
+def _number_or_text(text: str, integer: bool) -> Any:
     try:
-        return float(text)
+        return int(text) if integer else float(text)
     except ValueError:
         return text
 

@@ -69,6 +69,7 @@ def test_shards_hold_the_folder_splits_images_and_labels_exactly(shards):
         for i in range(len(expected)):  # unshuffled shards keep the folder's order: pixel tolerance 0
             image, label = expected[i]
             assert label == labels[i] and torch.equal(image, images[i])
+        assert data.dataset_labels(dataset).tolist() == labels.tolist()  # without decoding
 
 
 def test_encoded_shards_give_the_files_bytes(shards):

@@ -95,6 +95,11 @@ class ShardDataset(litdata.StreamingDataset):
         """This split read in another order (the loader decides it: shuffled by the run's seed for training)."""
         return ShardDataset(self.root, self.split, self.image_transform, self.encoded, shuffle, seed, drop_last)
 
+    def item_labels(self) -> np.ndarray:
+        """The label of every item (int64 [N]), read from the chunks without decoding an image."""
+        return np.array([int(super(ShardDataset, self).__getitem__(i)["label"]) for i in range(len(self))],
+                        dtype=np.int64)
+
     def __getitem__(self, index: Any) -> Tuple[Any, int]:
         item = super().__getitem__(index)
         label = int(item["label"])

@@ -270,14 +270,18 @@ def finetune_datasets(source: DataSourceOptions) -> DatasetPair:
 
 
 def dataset_labels(dataset: Dataset) -> np.ndarray:
-    """The label of every item of ``dataset`` (int64 [N]), read without loading images where the dataset knows them
-    (image folders, synthetic images, torchvision's CIFAR-10 and STL-10, tensors); otherwise by iterating it."""
+    """The label of every item of ``dataset`` (int64 [N]), read without decoding images where the dataset knows them
+    (image folders, synthetic images, shards, torchvision's CIFAR-10 and STL-10, tensors); otherwise by iterating
+    it."""
     if isinstance(dataset, ImageFileDataset):
         return np.array([label for _, label in dataset.samples], dtype=np.int64)
     if isinstance(dataset, SyntheticShapes):
         return np.arange(len(dataset), dtype=np.int64) % len(SYNTHETIC_CLASSES)
     if isinstance(dataset, TensorDataset):
         return dataset.tensors[1].numpy().astype(np.int64)
+    item_labels = getattr(dataset, "item_labels", None)  # shards (litdata is optional, so not by type)
+    if callable(item_labels):
+        return item_labels()
     for attribute in ("targets", "labels"):  # CIFAR10, STL10
         known = getattr(dataset, attribute, None)
         if known is not None:

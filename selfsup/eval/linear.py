@@ -128,11 +128,11 @@ class LinearClassifierMethod(EncoderClassifier):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     # --- evaluation ------------------------------------------------------------------------------------------------
-    def knn_accuracy(self) -> float:
-        """Weighted-kNN top-1 in percent (probes.knn_accuracy, k=200, T=0.1) of the frozen features: the
+    def knn_accuracy(self, k: int = probes.KNN_K, temperature: float = probes.KNN_TEMPERATURE) -> float:
+        """Weighted-kNN top-1 in percent (probes.knn_accuracy, by default k=200, T=0.1) of the frozen features: the
         labelled training set is the bank, the test set the queries. Computed on the module's device."""
         (bank, bank_labels), (queries, query_labels) = (split.tensors for split in self.feature_datasets())
-        return probes.knn_accuracy(bank.to(self.device), bank_labels, queries, query_labels)
+        return probes.knn_accuracy(bank.to(self.device), bank_labels, queries, query_labels, k, temperature)
 
     @torch.no_grad()
     def _extract(self, dataset: Dataset) -> TensorDataset:
